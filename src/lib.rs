@@ -1,4 +1,33 @@
 //! keyward: a sidecar reverse-proxy authenticator.
+//!
+//! It sits in front of an unmodified upstream HTTP service, authenticates
+//! each request by API key, checks the scopes the route table requires,
+//! applies sliding-window rate limits, and forwards allowed requests with
+//! identity headers injected. `SPEC.md` (shared with the team) is the
+//! contract; the README is the user's guide.
+//!
+//! # Layout
+//! - [`config`]: YAML → validated [`config::Config`], errors with file:line:column.
+//! - [`runtime`]: the immutable per-config snapshot the request path reads.
+//! - [`proxy`]: THE request path (`proxy/mod.rs`), header rules, forwarding, problem+json.
+//! - [`server`]: accept loops, graceful drain, the admin listener.
+//! - [`telemetry`]: Prometheus collectors and logging.
+//! - [`app`]: wiring, signals, reload. [`cli`]: the command line.
+//! - [`clock`]: the only reader of the system clock.
+//!
+//! # One request
+//! ```text
+//! client ─► server (hyper h1/h2c) ─► proxy::handle ─► phases ─► upstream
+//!                                        │
+//!                                        └─► Deny ─► problem+json (one place)
+//! ```
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod proxy;
+pub mod runtime;
+pub mod server;
+pub mod telemetry;

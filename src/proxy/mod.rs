@@ -1,0 +1,252 @@
+//! THE request path. One function, `Proxy::handle`, runs the phases of
+//! STYLE "One request, top to bottom" in order; each phase returns
+//! `Result<_, Deny>` and `?` short-circuits to the one place that renders
+//! problem+json. The end of `handle` records the metric and the access-log
+//! event for every request, from one call, so they cannot drift.
+//!
+//! ```text
+//!  client ──► 1 normalise ─► 2 route ─► 3 extract ─► 4 parse ─► 5 look up
+//!             (405/400/431/413)  (404)     (400/401)    (401)     (401/503)
+//!         ──► 6 authorise ─► 7 limit ─► 8 forward ─────────────► upstream
+//!               (403)          (429)     (502/504, streams both ways)
+//! ```
+//! Phases 2–7 arrive with the routes, keys and rate-limit issues; until then
+//! every request that passes phase 1 is forwarded and counted under the
+//! route label `unmatched`.
+
+pub mod deny;
+pub mod forward;
+pub mod headers;
+pub mod problem;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tracing::{debug, info};
+
+use crate::clock;
+use crate::runtime::Runtime;
+use crate::telemetry::{Metrics, Outcome};
+pub use deny::Deny;
+use forward::{RequestBody, UpstreamClient};
+use headers::{Forwarding, HeaderPolicy, X_REQUEST_ID};
+
+/// Responses are either the upstream's streamed body or one of ours.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The route label until the route table exists (SPEC §9).
+const UNMATCHED: &str = "unmatched";
+
+/// Everything the request path shares across requests.
+pub struct Proxy {
+    runtime: Arc<ArcSwap<Runtime>>,
+    client: UpstreamClient,
+    metrics: Arc<Metrics>,
+    /// `http` or `https`: how clients reach this listener.
+    proto: &'static str,
+}
+
+impl Proxy {
+    pub fn new(
+        runtime: Arc<ArcSwap<Runtime>>,
+        client: UpstreamClient,
+        metrics: Arc<Metrics>,
+        proto: &'static str,
+    ) -> Proxy {
+        Proxy { runtime, client, metrics, proto }
+    }
+
+    /// Handles one request from `peer` to the end: never fails, never panics
+    /// on client input; every refusal is a problem+json response.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let started = clock::now();
+        // One snapshot for the whole request (STYLE step 1).
+        let rt = self.runtime.load_full();
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let request_id = headers::request_id(req.headers());
+
+        let (mut resp, outcome) = match self.phases(&rt, req, peer, &request_id).await {
+            Ok(resp) => (resp, Outcome::Allowed),
+            Err(deny) => {
+                let rid = request_id.to_str().unwrap_or_default();
+                (problem::render::<Full<Bytes>>(&deny, rid).map(Either::Right), deny.outcome())
+            }
+        };
+        resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+
+        // Phase 10, finish: one metric and one access-log event per request.
+        let elapsed = started.elapsed();
+        self.metrics.observe_request(UNMATCHED, &method, outcome, elapsed.as_secs_f64());
+        info!(
+            target: "keyward::access",
+            method = %method,
+            // The path only: a query string may carry a credential (SPEC §9).
+            path = %uri.path(),
+            status = resp.status().as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            request_id = request_id.to_str().unwrap_or_default(),
+            route = UNMATCHED,
+            outcome = outcome.as_str(),
+            client_ip = %peer.ip(),
+            "request"
+        );
+        resp
+    }
+
+    async fn phases(
+        &self,
+        rt: &Runtime,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        request_id: &HeaderValue,
+    ) -> Result<Response<ProxyBody>, Deny> {
+        // 1. normalise: refuse what must never reach routing or the upstream.
+        check_method(req.method())?;
+        check_target(&req)?;
+        if headers::head_size(req.headers()) > rt.max_header_bytes {
+            return Err(Deny::HeadersTooLarge);
+        }
+        if let (Some(max), Some(len)) = (rt.max_body_bytes, content_length(&req)) {
+            if len > max {
+                return Err(Deny::BodyTooLarge);
+            }
+        }
+        // 2–7 (route, extract, parse, look up, authorise, limit): later issues.
+
+        // 8. forward.
+        self.forward(rt, req, peer, request_id).await
+    }
+
+    async fn forward(
+        &self,
+        rt: &Runtime,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        request_id: &HeaderValue,
+    ) -> Result<Response<ProxyBody>, Deny> {
+        let websocket = req.version() == Version::HTTP_11
+            && req.method() == Method::GET
+            && headers::is_websocket_upgrade(req.headers());
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        let host = headers::effective_host(&parts.headers, &parts.uri);
+        rt.headers.prepare_request(
+            &mut parts.headers,
+            &Forwarding { peer: peer.ip(), proto: self.proto, host: host.as_ref(), websocket },
+        );
+        if let Some(h) = host {
+            // HTTP/2 clients send `:authority`, not Host; the upstream (HTTP/1.1)
+            // gets it as Host, unchanged (SPEC §10).
+            parts.headers.insert(HOST, h);
+        }
+        parts.headers.insert(X_REQUEST_ID, request_id.clone());
+        parts.uri = upstream_uri(rt, &parts.uri)?;
+        parts.version = Version::HTTP_11;
+
+        let (body, tripped) = match rt.max_body_bytes {
+            Some(max) if content_length_of(&parts.headers).is_none() => {
+                let (b, t) = RequestBody::limited(body, max);
+                (b, Some(t))
+            }
+            _ => (RequestBody::unlimited(body), None),
+        };
+        let upstream_req = Request::from_parts(parts, body);
+
+        let sent = clock::now();
+        let result = tokio::time::timeout(rt.request_timeout, self.client.request(upstream_req)).await;
+        self.metrics.upstream_duration.observe(sent.elapsed().as_secs_f64());
+        let mut resp = match result {
+            Err(_elapsed) => return Err(Deny::UpstreamTimeout),
+            Ok(Err(e)) => {
+                if tripped.is_some_and(|t| t.load(Ordering::Relaxed)) {
+                    return Err(Deny::BodyTooLarge);
+                }
+                debug!(error = %e, "upstream request failed");
+                return Err(forward::classify(&e));
+            }
+            Ok(Ok(resp)) => resp,
+        };
+
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            let Some(client_upgrade) = client_upgrade else {
+                // A 101 we did not ask for cannot be relayed safely.
+                return Err(Deny::UpstreamUnavailable);
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                    Err(e) => debug!(error = %e, "websocket upgrade failed"),
+                }
+            });
+        }
+        HeaderPolicy::prepare_response(resp.headers_mut(), switching);
+        Ok(resp.map(Either::Left))
+    }
+}
+
+/// TRACE/TRACK echo requests back (cross-site tracing) and CONNECT would turn
+/// keyward into an open tunnel (SPEC §7, §10).
+fn check_method(m: &Method) -> Result<(), Deny> {
+    match m.as_str() {
+        "TRACE" | "TRACK" => Err(Deny::MethodNotAllowed),
+        "CONNECT" => Err(Deny::BadRequest("CONNECT is not supported")),
+        _ => Ok(()),
+    }
+}
+
+/// The request target must be a path (origin-form), or an absolute-form
+/// target whose authority is the Host (SPEC §3): otherwise the route check
+/// and the upstream could disagree about which host/path was asked for.
+fn check_target(req: &Request<Incoming>) -> Result<(), Deny> {
+    let uri = req.uri();
+    if !uri.path().starts_with('/') {
+        return Err(Deny::BadRequest("The request target must be an absolute path"));
+    }
+    if let (Some(authority), Some(host)) = (uri.authority(), req.headers().get(HOST)) {
+        let same = host.to_str().is_ok_and(|h| h.eq_ignore_ascii_case(authority.as_str()));
+        if !same {
+            return Err(Deny::BadRequest("The request target's authority does not match Host"));
+        }
+    }
+    if req.headers().get_all(HOST).iter().nth(1).is_some() {
+        return Err(Deny::BadRequest("More than one Host header"));
+    }
+    Ok(())
+}
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    content_length_of(req.headers())
+}
+
+fn content_length_of(h: &http::HeaderMap) -> Option<u64> {
+    h.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// `upstream.url`'s scheme and authority with the client's path and query,
+/// byte for byte (SPEC §3: the path that reaches the upstream is the path
+/// that was matched).
+fn upstream_uri(rt: &Runtime, uri: &Uri) -> Result<Uri, Deny> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(rt.upstream_scheme.clone());
+    parts.authority = Some(rt.upstream_authority.clone());
+    parts.path_and_query =
+        Some(uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    Uri::from_parts(parts).map_err(|_| Deny::BadRequest("The request target is not valid"))
+}

@@ -1,0 +1,188 @@
+//! Every Prometheus collector keyward exports (SPEC §9), registered once in
+//! one private registry that the admin listener renders at `/metrics`.
+//!
+//! Labels use the route *pattern* (or `unmatched`), never the raw path, so a
+//! client cannot blow up the series count by sending random paths.
+
+use http::Method;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// What happened to one request; the `outcome` label of
+/// `keyward_requests_total` (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forwarded to the upstream, which answered.
+    Allowed,
+    /// 401: no credential, or a bad one.
+    Unauthenticated,
+    /// 403: valid credential without the route's scopes.
+    Forbidden,
+    /// 429.
+    RateLimited,
+    /// Refused before auth for the shape of the request (400, 404, 405, 413, 431).
+    Rejected,
+    /// The upstream could not be reached or did not answer in time (502, 504).
+    UpstreamError,
+    /// The key store is down and we fail closed (503).
+    Unavailable,
+    /// Observe mode: would have been denied, forwarded anyway.
+    ObservedDeny,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::Forbidden => "forbidden",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Rejected => "rejected",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Unavailable => "unavailable",
+            Outcome::ObservedDeny => "observed_deny",
+        }
+    }
+}
+
+/// Request-path latencies are small: resolution down to 100 µs.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Methods become label values only from this closed set, anything else is
+/// `OTHER` (a client choosing method names must not choose series names).
+pub fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// The collectors. Cheap to share behind an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: Histogram,
+    pub config_reloads: IntCounterVec,
+    pub build_info: IntGaugeVec,
+    pub connections_open: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("keyward_requests_total", "Requests handled, by route pattern, method and outcome."),
+            &["route", "method", "outcome"],
+        )
+        .expect("static metric definition");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "keyward_request_duration_seconds",
+                "Time from request head received to response head sent, by route pattern and outcome.",
+            )
+            .buckets(REQUEST_BUCKETS.to_vec()),
+            &["route", "outcome"],
+        )
+        .expect("static metric definition");
+        let upstream_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "keyward_upstream_duration_seconds",
+                "Time from forwarding a request to the upstream's response head.",
+            )
+            .buckets(REQUEST_BUCKETS.to_vec()),
+        )
+        .expect("static metric definition");
+        let config_reloads = IntCounterVec::new(
+            Opts::new("keyward_config_reloads_total", "Configuration reloads, by result."),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let build_info = IntGaugeVec::new(
+            Opts::new("keyward_build_info", "Always 1; the version label names the running build."),
+            &["version"],
+        )
+        .expect("static metric definition");
+        let connections_open = IntGauge::new(
+            "keyward_connections_open",
+            "Client connections currently open on the proxy listener.",
+        )
+        .expect("static metric definition");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(build_info.clone()),
+            Box::new(connections_open.clone()),
+        ] {
+            registry.register(c).expect("each collector is registered once");
+        }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            config_reloads,
+            build_info,
+            connections_open,
+        }
+    }
+
+    /// Count one finished request (called once, from the end of `proxy::handle`).
+    pub fn observe_request(&self, route: &str, method: &Method, outcome: Outcome, seconds: f64) {
+        let o = outcome.as_str();
+        self.requests.with_label_values(&[route, method_label(method), o]).inc();
+        self.request_duration.with_label_values(&[route, o]).observe(seconds);
+    }
+
+    /// The Prometheus text exposition of every collector.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_text_contains_counted_request_with_route_label() {
+        let m = Metrics::new();
+        m.observe_request("unmatched", &Method::GET, Outcome::Allowed, 0.001);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(
+            r#"keyward_requests_total{method="GET",outcome="allowed",route="unmatched"} 1"#
+        ));
+        assert!(text.contains(r#"keyward_build_info{version=""#));
+    }
+
+    #[test]
+    fn unknown_methods_share_one_label_value() {
+        let m = Method::from_bytes(b"FROBNICATE").unwrap();
+        assert_eq!(method_label(&m), "OTHER");
+    }
+}
