@@ -157,7 +157,9 @@ mod tests {
 
     #[test]
     fn formatting_round_trips_through_parsing() {
-        for s in ["50ms", "2s", "1m", "24h", "90d", "1h30m", "1d1ms", "0s", "61s"] {
+        for s in [
+            "50ms", "2s", "1m", "24h", "90d", "1h30m", "1d1ms", "0s", "61s",
+        ] {
             assert_eq!(ok(&format_duration(ok(s))), ok(s));
         }
         assert_eq!(format_duration(ok("1h30m")), "1h30m");

@@ -139,8 +139,21 @@ enum Node {
 
 impl Builder {
     fn record(&mut self, path: String, at: Location) {
+        // Inside the value of a repeated key, paths repeat too: that is the
+        // one duplicate already reported, not more.
+        let inside_duplicate = self.locations.duplicates.iter().any(|(dup, _)| {
+            path.strip_prefix(dup.as_str())
+                .is_some_and(|rest| rest.starts_with(['.', '[']))
+        });
         match self.locations.positions.entry(path) {
-            Entry::Occupied(seen) => self.locations.duplicates.push((seen.key().clone(), at)),
+            Entry::Occupied(mut seen) => {
+                if !inside_duplicate {
+                    self.locations.duplicates.push((seen.key().clone(), at));
+                }
+                // serde keeps the last value of a repeated map key, so errors
+                // about that value point at its last occurrence.
+                seen.insert(at);
+            }
             Entry::Vacant(slot) => {
                 slot.insert(at);
             }
@@ -310,8 +323,10 @@ plans:
 
     #[test]
     fn duplicate_keys_are_reported_at_the_second_occurrence() {
-        let index = Locations::index("plans:\n  free: {}\n  free: {}\n");
-        assert_eq!(index.get("plans.free"), at(2, 3));
+        let index = Locations::index("plans:\n  free: {a: 1}\n  free: {a: 2}\n");
+        // The last occurrence is the one serde keeps.
+        assert_eq!(index.get("plans.free"), at(3, 3));
+        assert_eq!(index.get("plans.free.a"), at(3, 10));
         assert_eq!(
             index.duplicates(),
             &[("plans.free".to_owned(), Location { line: 3, column: 3 })]

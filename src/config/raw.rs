@@ -66,6 +66,37 @@ impl<'de> Deserialize<'de> for Text {
     }
 }
 
+/// A whole number. serde's own message for `-1` says "expected u64"; this
+/// one says what a user would.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Count(pub u64);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CountVisitor;
+
+        impl Visitor<'_> for CountVisitor {
+            type Value = Count;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number, 0 or more")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
+                Ok(Count(v))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Count, E> {
+                u64::try_from(v)
+                    .map(Count)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+            }
+        }
+
+        deserializer.deserialize_any(CountVisitor)
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     default,
@@ -182,7 +213,7 @@ pub struct RawKeys {
 pub struct RawKeyCache {
     pub ttl: Option<Text>,
     pub negative_ttl: Option<Text>,
-    pub max_entries: Option<u64>,
+    pub max_entries: Option<Count>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -265,7 +296,7 @@ pub struct RawPlan {
 )]
 pub struct RawWindow {
     pub window: Option<Text>,
-    pub max: Option<u64>,
+    pub max: Option<Count>,
     pub per_owner: Option<bool>,
 }
 
@@ -279,7 +310,7 @@ pub struct RawRateLimit {
     pub default_plan: Option<Text>,
     pub anonymous_plan: Option<Text>,
     pub failure_mode: Option<RateLimitFailureMode>,
-    pub replicas_hint: Option<u64>,
+    pub replicas_hint: Option<Count>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -289,8 +320,8 @@ pub struct RawRateLimit {
     expecting = "a mapping (max_header_bytes, max_body_bytes, header_read_timeout, allow_semicolon_in_path)"
 )]
 pub struct RawLimits {
-    pub max_header_bytes: Option<u64>,
-    pub max_body_bytes: Option<u64>,
+    pub max_header_bytes: Option<Count>,
+    pub max_body_bytes: Option<Count>,
     pub header_read_timeout: Option<Text>,
     pub allow_semicolon_in_path: Option<bool>,
 }
@@ -304,8 +335,8 @@ pub struct RawLimits {
 pub struct RawManagementApi {
     pub enabled: Option<bool>,
     pub path_prefix: Option<Text>,
-    pub max_active_keys_per_owner: Option<u64>,
-    pub creations_per_hour: Option<u64>,
+    pub max_active_keys_per_owner: Option<Count>,
+    pub creations_per_hour: Option<Count>,
     pub console: Option<bool>,
 }
 
@@ -362,6 +393,6 @@ pub struct RawAuth {
     expecting = "a mapping with max and window"
 )]
 pub struct RawFailedAttempts {
-    pub max: Option<u64>,
+    pub max: Option<Count>,
     pub window: Option<Text>,
 }

@@ -10,9 +10,60 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use http::{HeaderName, Method, Uri};
-use serde::Deserialize;
+use serde::de::{self, Deserialize, Deserializer};
 
 use super::locate::Location;
+
+/// Deserializes a config enum from its snake_case name, with serde's
+/// "unknown variant `x`, expected `a` or `b`" message, and gives it `as_str`.
+/// (serde_yaml's derived enums answer a list with "expected a YAML tag".)
+macro_rules! config_enum {
+    ($ty:ident { $($name:literal => $variant:ident),+ $(,)? }) => {
+        impl $ty {
+            /// The name the config file uses.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                const NAMES: &[&str] = &[$($name),+];
+
+                struct NameVisitor;
+
+                impl de::Visitor<'_> for NameVisitor {
+                    type Value = $ty;
+
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        write!(f, "one of {}", NAMES.join(", "))
+                    }
+
+                    // Failing inside the visitor lets serde_yaml locate the
+                    // error at the value itself.
+                    fn visit_str<E: de::Error>(self, name: &str) -> Result<$ty, E> {
+                        match name {
+                            $($name => Ok($ty::$variant),)+
+                            other => Err(E::unknown_variant(other, NAMES)),
+                        }
+                    }
+                }
+
+                deserializer.deserialize_str(NameVisitor)
+            }
+        }
+    };
+}
+
+config_enum!(Mode { "enforce" => Enforce, "observe" => Observe });
+config_enum!(StoreKind { "redis" => Redis, "memory" => Memory });
+config_enum!(StoreFailureMode { "closed" => Closed, "open" => Open });
+config_enum!(KeySource { "authorization_bearer" => AuthorizationBearer, "x_api_key" => XApiKey });
+config_enum!(RateLimitFailureMode { "local" => Local, "open" => Open, "closed" => Closed });
+config_enum!(AuthMode { "required" => Required, "optional" => Optional, "none" => None });
+config_enum!(LimitBy { "ip" => Ip, "key" => Key });
 
 /// TLS termination on the main listener (SPEC §2 `tls`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,21 +109,11 @@ impl Default for AdminConfig {
 }
 
 /// `enforce` denies; `observe` decides and logs but forwards everything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
     #[default]
     Enforce,
     Observe,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Enforce => "enforce",
-            Mode::Observe => "observe",
-        }
-    }
 }
 
 /// Where key records live.
@@ -98,41 +139,21 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StoreKind {
     #[default]
     Redis,
     Memory,
 }
 
-impl StoreKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StoreKind::Redis => "redis",
-            StoreKind::Memory => "memory",
-        }
-    }
-}
-
 /// What a key missing from the cache gets while the store is down:
 /// `closed` (the default) answers 503 `auth_unavailable`; `open` does not
 /// refuse for the outage (the proxy documents exactly how).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StoreFailureMode {
     #[default]
     Closed,
     Open,
-}
-
-impl StoreFailureMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StoreFailureMode::Closed => "closed",
-            StoreFailureMode::Open => "open",
-        }
-    }
 }
 
 /// Redis connection settings. Exactly one of `url` / `cluster_nodes` is set
@@ -207,20 +228,10 @@ impl Default for KeysConfig {
 }
 
 /// Where a request may present a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeySource {
     AuthorizationBearer,
     XApiKey,
-}
-
-impl KeySource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeySource::AuthorizationBearer => "authorization_bearer",
-            KeySource::XApiKey => "x_api_key",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -407,23 +418,12 @@ impl Default for RateLimitConfig {
 }
 
 /// What the limiter does when its counters can't be reached (SPEC §11).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RateLimitFailureMode {
     #[default]
     Local,
     Open,
     Closed,
-}
-
-impl RateLimitFailureMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RateLimitFailureMode::Local => "local",
-            RateLimitFailureMode::Open => "open",
-            RateLimitFailureMode::Closed => "closed",
-        }
-    }
 }
 
 /// Request-size and parsing limits (SPEC §2 `limits`, §10).
@@ -490,23 +490,12 @@ pub struct RouteConfig {
     pub location: Location,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AuthMode {
     #[default]
     Required,
     Optional,
     None,
-}
-
-impl AuthMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthMode::Required => "required",
-            AuthMode::Optional => "optional",
-            AuthMode::None => "none",
-        }
-    }
 }
 
 /// A route's own rate limit, replacing the caller's plan and subject.
@@ -516,20 +505,10 @@ pub struct RouteRateLimit {
     pub plan: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitBy {
     Ip,
     Key,
-}
-
-impl LimitBy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LimitBy::Ip => "ip",
-            LimitBy::Key => "key",
-        }
-    }
 }
 
 /// CORS preflights answered by keyward itself (SPEC §10).

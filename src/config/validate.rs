@@ -277,8 +277,8 @@ impl Ctx<'_> {
         raw.0
     }
 
-    fn count(&mut self, path: &str, raw: Option<u64>, default: u32, min: u32) -> u32 {
-        let Some(value) = raw else {
+    fn count(&mut self, path: &str, raw: Option<Count>, default: u32, min: u32) -> u32 {
+        let Some(Count(value)) = raw else {
             return default;
         };
         match u32::try_from(value) {
@@ -333,8 +333,7 @@ impl Ctx<'_> {
         let known = if plans.is_empty() {
             "no plans are defined".to_owned()
         } else {
-            let names: Vec<&str> = plans.keys().map(String::as_str).collect();
-            format!("known plans: {}", names.join(", "))
+            format!("known plans: {}", plan_names(plans))
         };
         self.error(path, format!("unknown plan {name:?}; {known}"));
     }
@@ -554,7 +553,7 @@ impl Ctx<'_> {
                 default.cache.negative_ttl,
                 Zero::Allowed,
             ),
-            max_entries: match raw_cache.max_entries.map(usize::try_from) {
+            max_entries: match raw_cache.max_entries.map(|n| usize::try_from(n.0)) {
                 None => default.cache.max_entries,
                 Some(Ok(n)) if n >= 1 => n,
                 Some(_) => {
@@ -781,7 +780,7 @@ impl Ctx<'_> {
                         Duration::ZERO
                     }
                 };
-                let max = match window.max {
+                let max = match window.max.map(|n| n.0) {
                     Some(0) => {
                         self.error(&format!("{item}.max"), "must be at least 1");
                         0
@@ -818,10 +817,18 @@ impl Ctx<'_> {
         plans: &BTreeMap<String, PlanConfig>,
     ) -> RateLimitConfig {
         let default = RateLimitConfig::default();
-        let default_plan = raw.default_plan.map_or(default.default_plan, |p| p.0);
-        self.plan_ref("rate_limit.default_plan", &default_plan, plans);
-        let anonymous_plan = raw.anonymous_plan.map_or(default.anonymous_plan, |p| p.0);
-        self.plan_ref("rate_limit.anonymous_plan", &anonymous_plan, plans);
+        let default_plan = self.plan_setting(
+            "default_plan",
+            raw.default_plan,
+            default.default_plan,
+            plans,
+        );
+        let anonymous_plan = self.plan_setting(
+            "anonymous_plan",
+            raw.anonymous_plan,
+            default.anonymous_plan,
+            plans,
+        );
         RateLimitConfig {
             default_plan,
             anonymous_plan,
@@ -833,6 +840,36 @@ impl Ctx<'_> {
                 1,
             ),
         }
+    }
+
+    /// `rate_limit.default_plan` / `anonymous_plan`. When the file leaves
+    /// one at its default but defines its own plans without it, the fix is
+    /// in `plans`, so the error points there.
+    fn plan_setting(
+        &mut self,
+        field: &str,
+        raw: Option<Text>,
+        default: String,
+        plans: &BTreeMap<String, PlanConfig>,
+    ) -> String {
+        let path = format!("rate_limit.{field}");
+        let Some(name) = raw else {
+            if !plans.contains_key(&default) {
+                let at = self.locations.get("plans");
+                self.error_located(
+                    &path,
+                    at,
+                    format!(
+                        "the default plan {default:?} is not defined; define it under plans, \
+                         or set rate_limit.{field} to one of: {}",
+                        plan_names(plans)
+                    ),
+                );
+            }
+            return default;
+        };
+        self.plan_ref(&path, name.as_str(), plans);
+        name.0
     }
 
     fn trusted_proxies(&mut self, raw: Vec<Text>) -> Vec<IpNet> {
@@ -856,7 +893,7 @@ impl Ctx<'_> {
         const MIN_HEADER: u64 = 1024;
         const MAX_HEADER: u64 = 1_048_576;
         let default = LimitsConfig::default();
-        let max_header_bytes = match raw.max_header_bytes {
+        let max_header_bytes = match raw.max_header_bytes.map(|n| n.0) {
             None => default.max_header_bytes,
             Some(n) if (MIN_HEADER..=MAX_HEADER).contains(&n) => {
                 usize::try_from(n).unwrap_or(default.max_header_bytes)
@@ -869,7 +906,8 @@ impl Ctx<'_> {
                 default.max_header_bytes
             }
         };
-        if raw.max_body_bytes == Some(0) {
+        let max_body_bytes = raw.max_body_bytes.map(|n| n.0);
+        if max_body_bytes == Some(0) {
             self.error(
                 "limits.max_body_bytes",
                 "must be at least 1, or null for no limit",
@@ -877,7 +915,7 @@ impl Ctx<'_> {
         }
         LimitsConfig {
             max_header_bytes,
-            max_body_bytes: raw.max_body_bytes.filter(|n| *n > 0),
+            max_body_bytes: max_body_bytes.filter(|n| *n > 0),
             header_read_timeout: self.duration(
                 "limits.header_read_timeout",
                 raw.header_read_timeout,
@@ -902,7 +940,7 @@ impl Ctx<'_> {
         };
         let hint = "; set management_api.enabled: false to turn the API off";
         let max_active_keys_per_owner = match raw.max_active_keys_per_owner {
-            Some(0) => {
+            Some(Count(0)) => {
                 self.error(
                     "management_api.max_active_keys_per_owner",
                     format!("must be at least 1{hint}"),
@@ -917,7 +955,7 @@ impl Ctx<'_> {
             ),
         };
         let creations_per_hour = match raw.creations_per_hour {
-            Some(0) => {
+            Some(Count(0)) => {
                 self.error(
                     "management_api.creations_per_hour",
                     format!("must be at least 1{hint}"),
@@ -1167,6 +1205,17 @@ impl Ctx<'_> {
             },
         }
     }
+}
+
+fn plan_names(plans: &BTreeMap<String, PlanConfig>) -> String {
+    if plans.is_empty() {
+        return "(none defined)".to_owned();
+    }
+    plans
+        .keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `^[a-z0-9]{1,16}$`: key prefixes and environments (they are part of every
