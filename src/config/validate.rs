@@ -1475,3 +1475,750 @@ fn check_literal_segment(p: &str, segment: &str) -> Result<(), String> {
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Config, ConfigErrors> {
+        Config::from_yaml(yaml, Path::new("k.yaml"), &Overrides::default())
+    }
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match load(yaml) {
+            Ok(_) => panic!("expected errors for:\n{yaml}"),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// The one error `yaml` has.
+    fn error(yaml: &str) -> String {
+        let mut all = errors(yaml);
+        assert_eq!(all.len(), 1, "expected exactly one error, got {all:#?}");
+        all.remove(0)
+    }
+
+    fn valid(yaml: &str) -> Config {
+        match load(yaml) {
+            Ok(config) => config,
+            Err(errors) => panic!("expected a valid config, got:\n{errors}\nfor:\n{yaml}"),
+        }
+    }
+
+    #[test]
+    fn scope_names_follow_the_spec_grammar() {
+        for good in [
+            "jobs:read",
+            "jobs",
+            "jobs:*",
+            "a.b-c_d:x:y",
+            "admin:all",
+            "0:1",
+            "jobs:re*d",
+        ] {
+            assert!(is_valid_scope(good), "{good:?} should be valid");
+        }
+        for bad in [
+            "",
+            "*",
+            "Jobs:read",
+            "jobs:",
+            ":read",
+            "jobs::read",
+            "*:read",
+            "jobs read",
+            "jobs:read/x",
+            "jöbs",
+        ] {
+            assert!(!is_valid_scope(bad), "{bad:?} should be invalid");
+        }
+    }
+
+    #[test]
+    fn durations_are_parsed_and_located_wherever_they_appear() {
+        assert_eq!(
+            error("keys:\n  cache: {ttl: 30 seconds}\n"),
+            "k.yaml:2:11: keys.cache.ttl: invalid duration \"30 seconds\": expected a number and a \
+             unit (ms, s, m, h, d), like 50ms, 2s, 1m, 24h, 90d"
+        );
+        // A bare YAML number is read as text, so the message teaches the syntax.
+        assert_eq!(
+            error("store: {redis: {timeout: 50}}\n"),
+            "k.yaml:1:17: store.redis.timeout: invalid duration \"50\": expected a number and a \
+             unit (ms, s, m, h, d), like 50ms, 2s, 1m, 24h, 90d"
+        );
+        let config = valid("upstream: {request_timeout: 1m30s}\nshutdown_grace: 1h\n");
+        assert_eq!(config.upstream.request_timeout, Duration::from_secs(90));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn zero_durations_are_refused_where_they_make_no_sense() {
+        let yaml = "\
+upstream: {connect_timeout: 0s, request_timeout: 0ms}
+store: {redis: {timeout: 0s}}
+keys: {cache: {ttl: 0s}}
+limits: {header_read_timeout: 0s}
+auth: {failed_attempts: {window: 0m}}
+";
+        assert_eq!(
+            errors(yaml),
+            [
+                "k.yaml:1:12: upstream.connect_timeout: must be greater than zero",
+                "k.yaml:1:33: upstream.request_timeout: must be greater than zero",
+                "k.yaml:2:17: store.redis.timeout: must be greater than zero",
+                "k.yaml:3:16: keys.cache.ttl: must be greater than zero",
+                "k.yaml:4:10: limits.header_read_timeout: must be greater than zero",
+                "k.yaml:5:26: auth.failed_attempts.window: must be greater than zero",
+            ]
+        );
+    }
+
+    #[test]
+    fn zero_durations_are_accepted_where_they_mean_off() {
+        let config = valid(
+            "store: {stale_ttl: 0s}\nkeys: {cache: {negative_ttl: 0s}}\nshutdown_grace: 0s\n\
+             cors: {allowed_origins: [\"*\"], max_age: 0s}\n",
+        );
+        assert_eq!(config.store.stale_ttl, Duration::ZERO);
+        assert_eq!(config.keys.cache.negative_ttl, Duration::ZERO);
+        assert_eq!(config.shutdown_grace, Duration::ZERO);
+        assert_eq!(config.cors.map(|c| c.max_age), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn admin_listener_must_not_share_the_proxy_address() {
+        assert_eq!(
+            error("listen: \"0.0.0.0:8080\"\nadmin: {listen: \"127.0.0.1:8080\"}\n"),
+            "k.yaml:2:9: admin.listen: admin.listen (127.0.0.1:8080) must not be the same \
+             address as listen (0.0.0.0:8080)"
+        );
+        // Port 0 asks the OS for a fresh port each time.
+        let config = valid("listen: \"127.0.0.1:0\"\nadmin: {listen: \"127.0.0.1:0\"}\n");
+        assert_eq!(config.admin.listen.port(), 0);
+        let config = valid("listen: \"[::1]:8080\"\nadmin: {listen: \"127.0.0.1:8080\"}\n");
+        assert_eq!(config.listen.to_string(), "[::1]:8080");
+    }
+
+    #[test]
+    fn upstream_url_must_be_a_bare_http_origin() {
+        let cases = [
+            (
+                "http://127.0.0.1:3000/api",
+                "a path in upstream.url is not supported (\"http://127.0.0.1:3000/api\"); keyward \
+                 forwards the request path unchanged",
+            ),
+            (
+                "http://127.0.0.1:3000/?x=1",
+                "a query in upstream.url is not supported (\"http://127.0.0.1:3000/?x=1\"); \
+                 keyward forwards the request's query unchanged",
+            ),
+            (
+                "http://admin:hunter2@127.0.0.1:3000",
+                "credentials (user:password@) in upstream.url are not supported; keyward does \
+                 not authenticate to the upstream",
+            ),
+            (
+                "127.0.0.1:3000",
+                "\"127.0.0.1:3000\" is not an absolute URL: write it like http://127.0.0.1:3000",
+            ),
+            (
+                "ws://127.0.0.1:3000",
+                "unsupported scheme \"ws\" in \"ws://127.0.0.1:3000\": use http:// or https://",
+            ),
+            (
+                "http://exa mple",
+                "invalid URL \"http://exa mple\": write it like http://127.0.0.1:3000",
+            ),
+        ];
+        for (url, message) in cases {
+            assert_eq!(
+                error(&format!("upstream:\n  url: \"{url}\"\n")),
+                format!("k.yaml:2:3: upstream.url: {message}")
+            );
+        }
+        for url in [
+            "https://api.internal:8443",
+            "http://backend/",
+            "http://[::1]:3000",
+        ] {
+            let config = valid(&format!("upstream: {{url: \"{url}\"}}\n"));
+            assert!(config
+                .upstream
+                .url
+                .to_string()
+                .starts_with(url.trim_end_matches('/')));
+        }
+    }
+
+    #[test]
+    fn tls_needs_both_cert_and_key() {
+        assert_eq!(
+            error("tls:\n  cert: tls.crt\n"),
+            "k.yaml:1:1: tls: tls needs both cert and key; missing key"
+        );
+        let config = Config::from_yaml(
+            "tls: {cert: tls.crt, key: /abs/tls.key}\n",
+            Path::new("/etc/keyward/keyward.yaml"),
+            &Overrides::default(),
+        );
+        let tls = config.ok().and_then(|c| c.tls);
+        assert_eq!(
+            tls,
+            Some(TlsConfig {
+                cert: PathBuf::from("/etc/keyward/tls.crt"),
+                key: PathBuf::from("/abs/tls.key"),
+            })
+        );
+    }
+
+    #[test]
+    fn redis_needs_one_url_or_a_cluster_not_both() {
+        assert_eq!(
+            error(
+                "store:\n  redis:\n    url: redis://a:6379\n    cluster_nodes: [\"redis://b:6379\"]\n"
+            ),
+            "k.yaml:4:5: store.redis.cluster_nodes: set either store.redis.url or \
+             store.redis.cluster_nodes, not both"
+        );
+        let config =
+            valid("store: {redis: {cluster_nodes: [\"redis://b:6379\", \"rediss://c:6380\"]}}\n");
+        assert_eq!(config.store.redis.url, None);
+        assert_eq!(config.store.redis.cluster_nodes.len(), 2);
+        for url in [
+            "rediss://cache:6380/0",
+            "unix:///run/redis.sock",
+            "redis+unix:///run/r.sock",
+        ] {
+            let config = valid(&format!("store: {{redis: {{url: \"{url}\"}}}}\n"));
+            assert_eq!(config.store.redis.url.as_deref(), Some(url));
+        }
+    }
+
+    #[test]
+    fn redis_urls_need_a_redis_scheme_and_never_echo_the_password() {
+        assert_eq!(
+            error("store:\n  redis:\n    url: \"https://u:pw@cache:6379\"\n"),
+            "k.yaml:3:5: store.redis.url: invalid Redis URL \"https://u:***@cache:6379\": it must \
+             start with redis://, rediss:// (TLS), redis+unix:// or unix://"
+        );
+        assert_eq!(
+            error("store:\n  redis:\n    cluster_nodes: [\"redis://a:1\", \"b:2\"]\n"),
+            "k.yaml:3:36: store.redis.cluster_nodes[1]: invalid Redis URL \"b:2\": it must start \
+             with redis://, rediss:// (TLS), redis+unix:// or unix://"
+        );
+    }
+
+    #[test]
+    fn memory_store_keys_file_is_optional_and_relative_to_the_config() {
+        let config = valid("store: {kind: memory}\n");
+        assert_eq!(config.store.kind, StoreKind::Memory);
+        assert_eq!(config.store.memory.keys_file, None);
+        let config = Config::from_yaml(
+            "store: {kind: memory, memory: {keys_file: keys.yaml}}\n",
+            Path::new("deploy/keyward.yaml"),
+            &Overrides::default(),
+        );
+        assert_eq!(
+            config.ok().and_then(|c| c.store.memory.keys_file),
+            Some(PathBuf::from("deploy/keys.yaml"))
+        );
+    }
+
+    #[test]
+    fn key_prefix_environments_and_sources_are_checked() {
+        let yaml = "\
+keys:
+  prefix: Kw_1
+  environments: [live, live, staging-eu]
+  sources: [x_api_key, x_api_key]
+  cache: {max_entries: 0}
+";
+        assert_eq!(
+            errors(yaml),
+            [
+                "k.yaml:2:3: keys.prefix: invalid key prefix \"Kw_1\": use 1 to 16 characters a-z and 0-9",
+                "k.yaml:3:24: keys.environments[1]: environment \"live\" is listed twice",
+                "k.yaml:3:30: keys.environments[2]: invalid environment \"staging-eu\": use 1 to 16 \
+                 characters a-z and 0-9",
+                "k.yaml:4:24: keys.sources[1]: x_api_key is listed twice",
+                "k.yaml:5:11: keys.cache.max_entries: must be at least 1",
+            ]
+        );
+        assert_eq!(
+            error("keys: {sources: []}\n"),
+            "k.yaml:1:8: keys.sources: must name at least one of authorization_bearer, x_api_key"
+        );
+        assert_eq!(
+            error("keys: {sources: [cookie]}\n"),
+            "k.yaml:1:18: keys.sources[0]: unknown variant `cookie`, expected \
+             `authorization_bearer` or `x_api_key`"
+        );
+        // Keys without an environment are a SPEC §4 format.
+        let config = valid("keys: {prefix: spoo, environments: []}\n");
+        assert!(config.keys.environments.is_empty());
+        assert_eq!(
+            config.keys.sources,
+            [KeySource::AuthorizationBearer, KeySource::XApiKey]
+        );
+    }
+
+    #[test]
+    fn scope_implications_accept_star_only_as_a_target() {
+        let yaml = "\
+scopes:
+  implies:
+    \"Admin\": [\"*\"]
+    \"jobs:write\": [\"jobs:read\", \"Jobs\"]
+routes:
+  - path: /a
+    any_scopes: [\"*\"]
+";
+        assert_eq!(
+            errors(yaml),
+            [
+                "k.yaml:3:5: scopes.implies.Admin: invalid scope \"Admin\": scope names look like \
+                 resource:action, using a-z 0-9 _ . - (and * after a colon)",
+                "k.yaml:4:33: scopes.implies.jobs:write[1]: invalid scope \"Jobs\": scope names look \
+                 like resource:action, using a-z 0-9 _ . - (and * after a colon), or \"*\" for every scope",
+                "k.yaml:7:18: routes[0].any_scopes[0]: \"*\" (every scope) is only allowed as a \
+                 scopes.implies target",
+            ]
+        );
+        // A file's implies replace the default ones.
+        let config = valid("scopes: {implies: {\"ops:all\": [\"*\", \"jobs:read\"]}}\n");
+        assert_eq!(
+            config.scopes.implies,
+            BTreeMap::from([(
+                "ops:all".to_owned(),
+                vec!["*".to_owned(), "jobs:read".to_owned()]
+            )])
+        );
+    }
+
+    #[test]
+    fn plans_need_named_nonzero_distinct_windows() {
+        let yaml = "\
+plans:
+  free: {limits: [{window: 1m, max: 100}, {window: 60s, max: 20}]}
+  anonymous: {limits: []}
+  Pro: {limits: [{window: 0s, max: 0}]}
+  team: {limits: [{max: 5}]}
+";
+        assert_eq!(
+            errors(yaml),
+            [
+                "k.yaml:2:44: plans.free.limits[1].window: plan \"free\" already has a 1m window; \
+                 merge them into one",
+                "k.yaml:3:3: plans.anonymous: a plan needs at least one window in limits",
+                "k.yaml:4:3: plans.Pro: invalid plan name \"Pro\": use a-z, 0-9, _ and -",
+                "k.yaml:4:19: plans.Pro.limits[0].window: must be greater than zero",
+                "k.yaml:4:31: plans.Pro.limits[0].max: must be at least 1",
+                "k.yaml:5:20: plans.team.limits[0]: a window needs a length, like window: 1m",
+            ]
+        );
+    }
+
+    #[test]
+    fn plans_written_in_the_file_replace_the_defaults() {
+        let config = valid(
+            "plans:\n  basic: {limits: [{window: 1h, max: 10, per_owner: true}]}\n\
+             rate_limit: {default_plan: basic, anonymous_plan: basic}\n",
+        );
+        assert_eq!(config.plans.keys().collect::<Vec<_>>(), ["basic"]);
+        assert_eq!(
+            config.plans["basic"].limits,
+            [WindowConfig {
+                window: Duration::from_secs(3600),
+                max: 10,
+                per_owner: true
+            }]
+        );
+    }
+
+    #[test]
+    fn plan_references_must_name_a_defined_plan() {
+        let yaml = "\
+rate_limit:
+  default_plan: gold
+  replicas_hint: 0
+routes:
+  - path: /login
+    auth: none
+    rate_limit: {plan: login}
+";
+        assert_eq!(
+            errors(yaml),
+            [
+                "k.yaml:2:3: rate_limit.default_plan: unknown plan \"gold\"; known plans: anonymous, free, pro",
+                "k.yaml:3:3: rate_limit.replicas_hint: must be at least 1",
+                "k.yaml:7:18: routes[0].rate_limit.plan: unknown plan \"login\"; known plans: \
+                 anonymous, free, pro",
+            ]
+        );
+        // Own plans without the default names: the fix is under plans.
+        assert_eq!(
+            errors("plans:\n  basic: {limits: [{window: 1m, max: 1}]}\n"),
+            [
+                "k.yaml:1:1: rate_limit.default_plan: the default plan \"free\" is not defined; \
+                 define it under plans, or set rate_limit.default_plan to one of: basic",
+                "k.yaml:1:1: rate_limit.anonymous_plan: the default plan \"anonymous\" is not \
+                 defined; define it under plans, or set rate_limit.anonymous_plan to one of: basic",
+            ]
+        );
+    }
+
+    #[test]
+    fn identity_headers_default_individually_and_must_be_distinct() {
+        let config = valid("identity: {headers: {owner: X-Tenant, plan: x-plan}}\n");
+        let names: Vec<&str> = config
+            .identity
+            .headers
+            .all()
+            .iter()
+            .map(|h| h.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "x-keyward-key-id",
+                "x-tenant",
+                "x-keyward-scopes",
+                "x-keyward-env",
+                "x-plan",
+                "x-keyward-auth"
+            ]
+        );
+        let yaml = "\
+identity:
+  headers: {owner: X-Who, plan: x-who, env: \"X Env\", auth: Authorization}
+  signing: {secret_env: SIGNING_SECRET, header: X-KEYWARD-KEY-ID}
+";
+        assert_eq!(
+            errors(yaml),
+            [
+                "k.yaml:2:27: identity.headers.plan: x-who is already used by identity.headers.owner",
+                "k.yaml:2:40: identity.headers.env: invalid header name \"X Env\"",
+                "k.yaml:2:54: identity.headers.auth: authorization is a header HTTP or keyward \
+                 itself manages; pick another name, like the default X-Keyward-Auth",
+                "k.yaml:3:41: identity.signing.header: x-keyward-key-id is already used by \
+                 identity.headers.key_id",
+            ]
+        );
+    }
+
+    #[test]
+    fn signing_needs_a_secret_variable() {
+        assert_eq!(
+            error("identity:\n  signing: {header: X-Sig}\n"),
+            "k.yaml:2:3: identity.signing: signing needs secret_env, the environment variable \
+             holding the secret"
+        );
+        assert_eq!(
+            error("identity:\n  signing: {secret_env: \"my secret\"}\n"),
+            "k.yaml:2:13: identity.signing.secret_env: invalid environment variable name \
+             \"my secret\": use letters, digits and _ (not starting with a digit)"
+        );
+        let config = valid("identity: {signing: {secret_env: S1, previous_secret_env: S0}}\n");
+        let signing = config.identity.signing;
+        assert_eq!(
+            signing.as_ref().map(|s| s.header.as_str()),
+            Some("x-keyward-signature")
+        );
+        assert_eq!(
+            signing.and_then(|s| s.previous_secret_env).as_deref(),
+            Some("S0")
+        );
+    }
+
+    #[test]
+    fn strip_headers_must_be_header_names() {
+        assert_eq!(
+            error("strip_headers: [X-Internal-Token, \"bad header\"]\n"),
+            "k.yaml:1:35: strip_headers[1]: invalid header name \"bad header\""
+        );
+        let config = valid("strip_headers: [X-Internal-Token]\n");
+        assert_eq!(config.strip_headers[0].as_str(), "x-internal-token");
+    }
+
+    #[test]
+    fn jwt_needs_exactly_one_key_source() {
+        let both = "jwt:\n  hs256_secret_env: S\n  jwks_file: jwks.json\n";
+        let neither = "jwt:\n  issuer: https://issuer.example\n";
+        for yaml in [both, neither] {
+            assert_eq!(
+                error(yaml),
+                "k.yaml:1:1: jwt: jwt needs exactly one of hs256_secret_env (HS256) or jwks_file \
+                 (RS256/ES256)"
+            );
+        }
+        let config = valid("jwt: {jwks_file: /etc/jwks.json, require_exp: false}\n");
+        let jwt = config.jwt.unwrap_or_default();
+        assert_eq!(jwt.jwks_file, Some(PathBuf::from("/etc/jwks.json")));
+        assert_eq!(jwt.subject_claim, "sub");
+        assert_eq!(jwt.scopes_claim, "scope");
+        assert!(!jwt.require_exp);
+    }
+
+    #[test]
+    fn route_patterns_follow_the_spec_grammar() {
+        for good in [
+            "/",
+            "/v1/jobs",
+            "/v1/jobs/",
+            "/v1/jobs/**",
+            "/**",
+            "/v1/*/pause",
+            "/v1/queues/{queue}/jobs/{job_id}",
+            "/files/a%20b",
+            "/v1/users/@me;v=1",
+        ] {
+            assert_eq!(check_route_pattern(good), Ok(()), "{good:?}");
+        }
+        let bad = [
+            ("v1/jobs", "route path \"v1/jobs\" must start with /"),
+            ("/v1//jobs", "empty segment (//) in \"/v1//jobs\": paths with empty segments are refused before routing"),
+            ("/**/jobs", "** must be the last segment, in \"/**/jobs\""),
+            ("/v1/jobs*", "a wildcard must be a whole segment (* or **), in \"/v1/jobs*\""),
+            ("/v1/{id}.json", "invalid parameter \"{id}.json\" in \"/v1/{id}.json\": a parameter is a whole segment like {name}, name made of letters, digits and _"),
+            ("/v1/{1id}", "invalid parameter \"{1id}\" in \"/v1/{1id}\": a parameter is a whole segment like {name}, name made of letters, digits and _"),
+            ("/v1/x{id}", "a parameter must be a whole segment like {name}, in \"/v1/x{id}\""),
+            ("/a/{id}/b/{id}", "parameter {id} appears twice in \"/a/{id}/b/{id}\""),
+            ("/v1/../admin", "dot segment in \"/v1/../admin\": paths with . or .. are refused before routing"),
+            ("/v1/%61dmin", "write 'a' instead of its percent-encoding in \"/v1/%61dmin\": requests are matched with unreserved characters decoded"),
+            ("/v1/a%2Fb", "encoded /, \\ or NUL in \"/v1/a%2Fb\": such paths are refused before routing"),
+            ("/v1/a%zz", "invalid percent-encoding in \"/v1/a%zz\""),
+            ("/v1/a b", "character ' ' cannot appear in a route path (\"/v1/a b\"); percent-encode it as requests carry it"),
+            ("/v1/jobs?x=1", "character '?' cannot appear in a route path (\"/v1/jobs?x=1\"); percent-encode it as requests carry it"),
+            ("/v1/café", "non-ASCII characters must be percent-encoded in a route path, as requests carry them (\"/v1/café\")"),
+        ];
+        for (pattern, message) in bad {
+            assert_eq!(
+                check_route_pattern(pattern),
+                Err(message.to_owned()),
+                "{pattern:?}"
+            );
+        }
+        assert_eq!(
+            error("routes:\n  - path: /v1/**/x\n"),
+            "k.yaml:2:5: routes[0].path: ** must be the last segment, in \"/v1/**/x\""
+        );
+    }
+
+    #[test]
+    fn route_methods_are_uppercased_distinct_and_routable() {
+        let config = valid("routes:\n  - {path: /a, methods: [get, Post, PROPFIND]}\n");
+        assert_eq!(
+            config.routes[0].methods,
+            Some(vec![
+                Method::GET,
+                Method::POST,
+                Method::from_bytes(b"PROPFIND").unwrap_or(Method::GET)
+            ])
+        );
+        let yaml = "\
+routes:
+  - path: /a
+    methods: [GET, get, trace, CONNECT, \"G(T\"]
+  - path: /b
+    methods: []
+";
+        assert_eq!(
+            errors(yaml),
+            [
+                "k.yaml:3:20: routes[0].methods[1]: GET is listed twice",
+                "k.yaml:3:25: routes[0].methods[2]: TRACE cannot be routed: keyward refuses TRACE \
+                 and TRACK (405) and CONNECT (400) before routing",
+                "k.yaml:3:32: routes[0].methods[3]: CONNECT cannot be routed: keyward refuses TRACE \
+                 and TRACK (405) and CONNECT (400) before routing",
+                "k.yaml:3:41: routes[0].methods[4]: invalid method \"G(T\"",
+                "k.yaml:5:5: routes[1].methods: an empty methods list matches nothing; omit methods \
+                 to match every method",
+            ]
+        );
+    }
+
+    #[test]
+    fn auth_none_routes_cannot_require_scopes_or_key_limits() {
+        let yaml = "\
+routes:
+  - path: /login
+    auth: none
+    scopes: [users:login]
+  - path: /signup
+    auth: none
+    any_scopes: [users:signup]
+  - path: /status
+    auth: none
+    rate_limit: {by: key, plan: free}
+  - {auth: optional}
+";
+        assert_eq!(
+            errors(yaml),
+            [
+                "k.yaml:4:5: routes[0].scopes: auth: none takes no credential, and scopes need a \
+                 credential; use auth: required or optional, or drop the scopes",
+                "k.yaml:7:5: routes[1].any_scopes: auth: none takes no credential, and scopes need \
+                 a credential; use auth: required or optional, or drop the scopes",
+                "k.yaml:10:18: routes[2].rate_limit.by: by: key needs a credential, and this route \
+                 has auth: none; use by: ip",
+                "k.yaml:11:6: routes[3]: a route needs a path, like path: /v1/jobs/**",
+            ]
+        );
+    }
+
+    #[test]
+    fn route_rate_limit_subject_defaults_to_what_the_route_authenticates() {
+        let config = valid(
+            "routes:\n  - {path: /a, auth: none, rate_limit: {plan: free}}\n  \
+             - {path: /b, rate_limit: {plan: pro}}\n",
+        );
+        let by: Vec<Option<LimitBy>> = config
+            .routes
+            .iter()
+            .map(|r| r.rate_limit.as_ref().map(|l| l.by))
+            .collect();
+        assert_eq!(by, [Some(LimitBy::Ip), Some(LimitBy::Key)]);
+        assert_eq!(config.routes[0].location, Location { line: 2, column: 6 });
+    }
+
+    #[test]
+    fn management_prefix_is_a_plain_path_without_trailing_slash() {
+        for (prefix, message) in [
+            ("_keyward/v1", "\"_keyward/v1\" must start with /"),
+            ("/_keyward/v1/", "\"/_keyward/v1/\" must not end with /"),
+            ("/", "\"/\" must not end with /"),
+            ("/a//b", "\"/a//b\" is not a plain path: use segments of letters, digits, - . _ ~, like /_keyward/v1"),
+            ("/keys/{id}", "\"/keys/{id}\" is not a plain path: use segments of letters, digits, - . _ ~, like /_keyward/v1"),
+        ] {
+            assert_eq!(
+                error(&format!("management_api:\n  path_prefix: \"{prefix}\"\n")),
+                format!("k.yaml:2:3: management_api.path_prefix: {message}")
+            );
+        }
+        assert_eq!(
+            error("management_api: {creations_per_hour: 0}\n"),
+            "k.yaml:1:18: management_api.creations_per_hour: must be at least 1; set \
+             management_api.enabled: false to turn the API off"
+        );
+        let config = valid("management_api: {path_prefix: /admin/keys, console: true}\n");
+        assert_eq!(config.management_api.path_prefix, "/admin/keys");
+        assert!(config.management_api.console);
+    }
+
+    #[test]
+    fn header_and_body_limits_are_bounded() {
+        assert_eq!(
+            errors("limits:\n  max_header_bytes: 512\n  max_body_bytes: 0\n"),
+            [
+                "k.yaml:2:3: limits.max_header_bytes: must be between 1024 and 1048576",
+                "k.yaml:3:3: limits.max_body_bytes: must be at least 1, or null for no limit",
+            ]
+        );
+        assert_eq!(
+            error("limits: {max_header_bytes: 2000000}\n"),
+            "k.yaml:1:10: limits.max_header_bytes: must be between 1024 and 1048576"
+        );
+        let config = valid(
+            "limits: {max_header_bytes: 1024, max_body_bytes: 10485760, allow_semicolon_in_path: true}\n",
+        );
+        assert_eq!(config.limits.max_header_bytes, 1024);
+        assert_eq!(config.limits.max_body_bytes, Some(10_485_760));
+        assert!(config.limits.allow_semicolon_in_path);
+    }
+
+    #[test]
+    fn trusted_proxies_accept_cidrs_and_bare_addresses() {
+        let config =
+            valid("trusted_proxies: [10.0.0.0/8, 10.1.2.3, \"fd00::1\", 192.168.1.7/24]\n");
+        let nets: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            nets,
+            ["10.0.0.0/8", "10.1.2.3/32", "fd00::1/128", "192.168.1.0/24"]
+        );
+        assert_eq!(
+            error("trusted_proxies:\n  - 10.0.0.0/33\n"),
+            "k.yaml:2:5: trusted_proxies[0]: invalid network \"10.0.0.0/33\": expected a CIDR like \
+             10.0.0.0/8 or fd00::/8, or a single IP"
+        );
+    }
+
+    #[test]
+    fn allowed_hosts_are_lowercased_and_never_empty() {
+        let config = valid("allowed_hosts: [API.Example.com, \"api.example.com:8443\"]\n");
+        assert_eq!(
+            config.allowed_hosts,
+            Some(vec![
+                "api.example.com".to_owned(),
+                "api.example.com:8443".to_owned()
+            ])
+        );
+        assert_eq!(valid("").allowed_hosts, None);
+        assert_eq!(
+            error("allowed_hosts: []\n"),
+            "k.yaml:1:1: allowed_hosts: an empty list would refuse every request; omit \
+             allowed_hosts to accept any host"
+        );
+        assert_eq!(
+            error("allowed_hosts: [\"\"]\n"),
+            "k.yaml:1:17: allowed_hosts[0]: invalid host \"\": expected a host name as the Host \
+             header carries it, like api.example.com or api.example.com:8443"
+        );
+    }
+
+    #[test]
+    fn cors_names_origins_and_existing_routes() {
+        let yaml = "\
+routes:
+  - path: /v1/me
+cors:
+  allowed_origins: [\"*\", \"https://app.example.com/\"]
+  routes: [/v1/me, /v1/you]
+";
+        assert_eq!(
+            errors(yaml),
+            [
+                "k.yaml:4:21: cors.allowed_origins[0]: \"*\" allows every origin; list either \"*\" \
+                 alone or specific origins",
+                "k.yaml:4:26: cors.allowed_origins[1]: invalid origin \"https://app.example.com/\": \
+                 expected scheme://host[:port] with no path, like https://app.example.com",
+                "k.yaml:5:20: cors.routes[1]: no route has the path \"/v1/you\"; cors.routes lists \
+                 route paths exactly as routes writes them",
+            ]
+        );
+        assert_eq!(
+            error("cors: {max_age: 1m}\n"),
+            "k.yaml:1:1: cors: cors needs allowed_origins, like [\"https://app.example.com\"] or [\"*\"]"
+        );
+        let config = valid(
+            "routes: [{path: /v1/me}]\ncors: {allowed_origins: [\"HTTPS://App.Example.com:8443\"], \
+             allowed_methods: [get], routes: [/v1/me]}\n",
+        );
+        let cors = config.cors.unwrap_or_else(|| panic!("cors is set"));
+        assert_eq!(cors.allowed_origins, ["https://app.example.com:8443"]);
+        assert_eq!(cors.allowed_methods, [Method::GET]);
+        assert_eq!(cors.allowed_headers, CorsConfig::default_headers());
+        assert_eq!(cors.max_age, Duration::from_secs(600));
+        assert_eq!(cors.routes, ["/v1/me"]);
+    }
+
+    #[test]
+    fn failed_attempt_throttle_needs_a_positive_max() {
+        assert_eq!(
+            error("auth:\n  failed_attempts: {max: 0, window: 5m}\n"),
+            "k.yaml:2:21: auth.failed_attempts.max: must be at least 1"
+        );
+        let config = valid("auth: {failed_attempts: {max: 5, window: 5m}}\n");
+        assert_eq!(
+            config.auth.failed_attempts,
+            FailedAttempts {
+                max: 5,
+                window: Duration::from_secs(300)
+            }
+        );
+    }
+}
