@@ -186,6 +186,26 @@ pub fn redact_url(url: &str) -> String {
     format!("{}://{masked}@{}", &url[..scheme_end], &after[at + 1..])
 }
 
+/// Masks the password of every URL inside a text (error messages quote the
+/// values they refuse, and a Redis URL may carry a password).
+pub(crate) fn redact_urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(found) = rest.find("://") {
+        let scheme_start = rest[..found]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        out.push_str(&rest[..scheme_start]);
+        let url_end = rest[found + 3..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '`' | '\'' | ','))
+            .map_or(rest.len(), |i| found + 3 + i);
+        out.push_str(&redact_url(&rest[scheme_start..url_end]));
+        rest = &rest[url_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Turns serde's first error into a located error naming the field.
 fn deserialize_error(
     error: serde_path_to_error::Error<serde_yaml::Error>,
@@ -202,7 +222,12 @@ fn deserialize_error(
     let (line, column) = inner
         .location()
         .map_or((0, 0), |at| (at.line(), at.column()));
-    let mut message = clean_serde_message(&inner.to_string(), &field, line, column);
+    let mut message = redact_urls_in(&clean_serde_message(
+        &inner.to_string(),
+        &field,
+        line,
+        column,
+    ));
     if message.contains("more than one document") {
         message =
             "a config file holds one YAML document; remove the extra `---` separators".to_owned();
@@ -752,6 +777,26 @@ store:
         let debug = format!("{config:?}");
         assert!(!debug.contains("s3cret"));
         assert!(debug.contains("redis://:***@cache:6379"));
+    }
+
+    #[test]
+    fn error_messages_never_echo_url_passwords() {
+        assert_eq!(
+            errors("store:\n  redis: \"redis://app:s3cret@cache:6379\"\n"),
+            ["keyward.yaml:2:10: store.redis: invalid type: string \"redis://app:***@cache:6379\", \
+              expected a mapping (url, cluster_nodes, key_prefix, timeout)"]
+        );
+        assert_eq!(
+            errors("listen: \"redis://:pw@h:1\"\n"),
+            [
+                "keyward.yaml:1:9: listen: invalid socket address \"redis://:***@h:1\": expected \
+              IP:port, like 0.0.0.0:8080 or [::]:8080"
+            ]
+        );
+        assert_eq!(
+            redact_urls_in("a https://u:p@h/x and `redis://q@r`."),
+            "a https://u:***@h/x and `redis://***@r`."
+        );
     }
 
     #[test]

@@ -150,7 +150,7 @@ impl Ctx<'_> {
     }
 
     fn error_located(&mut self, path: &str, at: Option<Location>, message: impl Into<String>) {
-        let message = message.into();
+        let message = super::redact_urls_in(&message.into());
         if let Some((_, flag)) = self.flags.iter().find(|(p, _)| *p == path) {
             self.errors
                 .push(ConfigError::unlocated(self.source, *flag, message));
@@ -393,16 +393,15 @@ impl Ctx<'_> {
 
     fn admin(&mut self, raw: RawAdmin, listen: SocketAddr) -> AdminConfig {
         let admin = self.socket_addr("admin.listen", raw.listen, AdminConfig::default().listen);
-        // Port 0 asks the OS for a free port, so two of them never clash
-        // (tests run both listeners on 127.0.0.1:0).
-        let clash = admin.port() != 0
-            && admin.port() == listen.port()
-            && (admin.ip() == listen.ip()
-                || admin.ip().is_unspecified()
-                || listen.ip().is_unspecified());
-        if clash {
-            self.error(
+        if sockets_clash(admin, listen) {
+            // A defaulted admin.listen clashes with the listen the file wrote.
+            let at = self
+                .locations
+                .nearest("admin.listen")
+                .or_else(|| self.locations.get("listen"));
+            self.error_located(
                 "admin.listen",
+                at,
                 format!("admin.listen ({admin}) must not be the same address as listen ({listen})"),
             );
         }
@@ -1218,6 +1217,22 @@ fn plan_names(plans: &BTreeMap<String, PlanConfig>) -> String {
         .join(", ")
 }
 
+/// Whether binding both addresses would fail. Port 0 asks the OS for a free
+/// port, so two of them never clash (tests run both listeners on
+/// 127.0.0.1:0). `[::]` is dual-stack on Linux, so it takes the IPv4 port
+/// too.
+fn sockets_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() == 0 || a.port() != b.port() {
+        return false;
+    }
+    let (x, y) = (a.ip(), b.ip());
+    let any_v6 = |ip: IpAddr| ip.is_ipv6() && ip.is_unspecified();
+    x == y
+        || (x.is_ipv4() == y.is_ipv4() && (x.is_unspecified() || y.is_unspecified()))
+        || any_v6(x)
+        || any_v6(y)
+}
+
 /// `^[a-z0-9]{1,16}$`: key prefixes and environments (they are part of every
 /// key, SPEC §4).
 fn is_key_word(s: &str) -> bool {
@@ -1598,6 +1613,12 @@ auth: {failed_attempts: {window: 0m}}
         assert_eq!(config.admin.listen.port(), 0);
         let config = valid("listen: \"[::1]:8080\"\nadmin: {listen: \"127.0.0.1:8080\"}\n");
         assert_eq!(config.listen.to_string(), "[::1]:8080");
+        // The default admin port on the dual-stack wildcard takes IPv4 too.
+        assert_eq!(
+            error("listen: \"[::]:9090\"\n"),
+            "k.yaml:1:1: admin.listen: admin.listen (0.0.0.0:9090) must not be the same address as \
+             listen ([::]:9090)"
+        );
     }
 
     #[test]
