@@ -789,7 +789,7 @@ store:
         assert_eq!(
             errors("listen: \"redis://:pw@h:1\"\n"),
             [
-                "keyward.yaml:1:9: listen: invalid socket address \"redis://:***@h:1\": expected \
+                "keyward.yaml:1:1: listen: invalid socket address \"redis://:***@h:1\": expected \
               IP:port, like 0.0.0.0:8080 or [::]:8080"
             ]
         );
