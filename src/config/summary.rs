@@ -88,6 +88,25 @@ fn write_summary(c: &Config, out: &mut String) -> std::fmt::Result {
             signing.header, signing.secret_env
         )?;
     }
+    if !c.trusted_proxies.is_empty() {
+        let nets: Vec<String> = c.trusted_proxies.iter().map(ToString::to_string).collect();
+        writeln!(out, "trusted proxies: {}", nets.join(", "))?;
+    }
+    if let Some(hosts) = &c.allowed_hosts {
+        writeln!(out, "allowed hosts: {}", hosts.join(", "))?;
+    }
+    if let Some(cors) = &c.cors {
+        let routes = if cors.routes.is_empty() {
+            "every route".to_owned()
+        } else {
+            cors.routes.join(" ")
+        };
+        writeln!(
+            out,
+            "cors: origins {} for {routes}",
+            cors.allowed_origins.join(" ")
+        )?;
+    }
     if c.management_api.enabled {
         writeln!(out, "management api: {}", c.management_api.path_prefix)?;
     } else {
