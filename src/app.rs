@@ -64,12 +64,21 @@ pub async fn serve(source: ConfigSource) -> Result<(), AppError> {
     let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone())?));
     let metrics = Arc::new(Metrics::new());
 
-    let proxy_listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| AppError::Bind { what: "listen", addr: config.listen, source })?;
+    let proxy_listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| AppError::Bind {
+                what: "listen",
+                addr: config.listen,
+                source,
+            })?;
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
-        .map_err(|source| AppError::Bind { what: "admin.listen", addr: config.admin.listen, source })?;
+        .map_err(|source| AppError::Bind {
+            what: "admin.listen",
+            addr: config.admin.listen,
+            source,
+        })?;
     let proxy_addr = proxy_listener.local_addr().unwrap_or(config.listen);
     let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
 
@@ -82,7 +91,10 @@ pub async fn serve(source: ConfigSource) -> Result<(), AppError> {
 
     let client = forward::client(&config.upstream);
     let proxy = Arc::new(Proxy::new(runtime.clone(), client, metrics.clone(), "http"));
-    let admin_state = Arc::new(AdminState { metrics: metrics.clone(), ready: false.into() });
+    let admin_state = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        ready: false.into(),
+    });
     let settings = ListenerSettings {
         header_read_timeout: config.limits.header_read_timeout,
         max_header_bytes: config.limits.max_header_bytes,
@@ -91,9 +103,18 @@ pub async fn serve(source: ConfigSource) -> Result<(), AppError> {
 
     let (stop_proxy, proxy_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
-    let proxy_task =
-        tokio::spawn(server::run_proxy(proxy_listener, proxy, metrics.clone(), settings, proxy_stopped));
-    let admin_task = tokio::spawn(admin::run_admin(admin_listener, admin_state.clone(), admin_stopped));
+    let proxy_task = tokio::spawn(server::run_proxy(
+        proxy_listener,
+        proxy,
+        metrics.clone(),
+        settings,
+        proxy_stopped,
+    ));
+    let admin_task = tokio::spawn(admin::run_admin(
+        admin_listener,
+        admin_state.clone(),
+        admin_stopped,
+    ));
     admin_state.ready.store(true, Ordering::Relaxed);
     info!(
         proxy = %proxy_addr,

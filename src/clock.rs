@@ -12,5 +12,8 @@ pub fn now() -> Instant {
 /// Wall-clock seconds since the Unix epoch.
 #[allow(clippy::disallowed_methods)]
 pub fn unix_seconds() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

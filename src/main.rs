@@ -15,16 +15,22 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, message)) => {
-            eprintln!("keyward: {}", message.trim_end().replace('\n', "\nkeyward: "));
+            eprintln!(
+                "keyward: {}",
+                message.trim_end().replace('\n', "\nkeyward: ")
+            );
             ExitCode::from(code)
         }
     }
 }
 
 fn config_path(args: &ServeArgs) -> Result<std::path::PathBuf, (u8, String)> {
-    args.config
-        .clone()
-        .ok_or_else(|| (2, "no config file: pass --config PATH or set KEYWARD_CONFIG".to_string()))
+    args.config.clone().ok_or_else(|| {
+        (
+            2,
+            "no config file: pass --config PATH or set KEYWARD_CONFIG".to_string(),
+        )
+    })
 }
 
 fn run(cli: Cli) -> Result<(), (u8, String)> {
@@ -45,8 +51,12 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
                 .enable_all()
                 .build()
                 .map_err(|e| (1, format!("cannot start the async runtime: {e}")))?;
-            let source = ConfigSource { path, overrides: args.overrides() };
-            rt.block_on(app::serve(source)).map_err(|e| (e.exit_code() as u8, e.to_string()))
+            let source = ConfigSource {
+                path,
+                overrides: args.overrides(),
+            };
+            rt.block_on(app::serve(source))
+                .map_err(|e| (e.exit_code() as u8, e.to_string()))
         }
     }
 }

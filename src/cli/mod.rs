@@ -10,10 +10,20 @@ use crate::config::Overrides;
 use crate::telemetry::logging::LogFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "keyward", version, about = "A sidecar reverse-proxy authenticator: API keys, scopes and rate limits in front of any HTTP service.")]
+#[command(
+    name = "keyward",
+    version,
+    about = "A sidecar reverse-proxy authenticator: API keys, scopes and rate limits in front of any HTTP service."
+)]
 pub struct Cli {
     /// Log format.
-    #[arg(long, env = "KEYWARD_LOG_FORMAT", value_enum, default_value = "json", global = true)]
+    #[arg(
+        long,
+        env = "KEYWARD_LOG_FORMAT",
+        value_enum,
+        default_value = "json",
+        global = true
+    )]
     pub log_format: LogFormat,
     /// Log level or tracing filter directive (`info`, `debug`, `keyward=debug,hyper=warn`).
     #[arg(long, env = "KEYWARD_LOG_LEVEL", default_value = "info", global = true)]

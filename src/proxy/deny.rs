@@ -105,7 +105,9 @@ impl Deny {
     pub fn detail(&self) -> &'static str {
         match self {
             Deny::PathRejected(why) | Deny::BadRequest(why) => why,
-            Deny::AmbiguousCredentials => "More than one credential was presented; send exactly one",
+            Deny::AmbiguousCredentials => {
+                "More than one credential was presented; send exactly one"
+            }
             Deny::MissingCredentials => "No API key or token was presented",
             Deny::MalformedKey => "The API key is not well-formed",
             Deny::UnknownKey => "The API key is not known",

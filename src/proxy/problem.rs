@@ -10,7 +10,8 @@ use super::deny::Deny;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 /// The IETF httpapi rate-limit draft's problem type for 429 (SPEC §11).
-pub const QUOTA_EXCEEDED_TYPE: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+pub const QUOTA_EXCEEDED_TYPE: &str =
+    "https://iana.org/assignments/http-problem-types#quota-exceeded";
 
 #[derive(Serialize)]
 struct Problem<'a> {
@@ -61,7 +62,10 @@ pub fn render<B: From<Bytes>>(deny: &Deny, request_id: &str) -> Response<B> {
     *resp.status_mut() = deny.status();
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
     match deny {
         Deny::InsufficientScope { required } => {
             let v = format!(
@@ -128,13 +132,18 @@ mod tests {
 
     #[test]
     fn insufficient_scope_names_required_scopes_in_header_and_body() {
-        let d = Deny::InsufficientScope { required: vec!["jobs:read".into(), "jobs:write".into()] };
+        let d = Deny::InsufficientScope {
+            required: vec!["jobs:read".into(), "jobs:write".into()],
+        };
         let r: Response<Full<Bytes>> = render(&d, "r");
         assert_eq!(r.status(), 403);
         let www = r.headers()[WWW_AUTHENTICATE].to_str().unwrap();
         assert!(www.contains("error=\"insufficient_scope\""), "{www}");
         assert!(www.contains("scope=\"jobs:read jobs:write\""), "{www}");
-        assert_eq!(json(&d)["required_scopes"], serde_json::json!(["jobs:read", "jobs:write"]));
+        assert_eq!(
+            json(&d)["required_scopes"],
+            serde_json::json!(["jobs:read", "jobs:write"])
+        );
     }
 
     #[test]
@@ -157,7 +166,8 @@ mod tests {
 
     #[test]
     fn request_id_is_json_escaped() {
-        let v: serde_json::Value = serde_json::from_slice(&body(&Deny::RouteNotFound, "a\"b")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&body(&Deny::RouteNotFound, "a\"b")).unwrap();
         assert_eq!(v["request_id"], "a\"b");
     }
 }

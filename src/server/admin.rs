@@ -32,7 +32,10 @@ pub struct AdminState {
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -58,9 +61,16 @@ pub fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byt
 }
 
 /// Serves the admin endpoints until `shutdown` turns true.
-pub async fn run_admin(listener: TcpListener, state: Arc<AdminState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_admin(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
     loop {
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -78,7 +88,9 @@ pub async fn run_admin(listener: TcpListener, state: Arc<AdminState>, mut shutdo
             let resp = respond(&state, &req);
             async move { Ok::<_, Infallible>(resp) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });

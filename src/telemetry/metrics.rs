@@ -85,7 +85,10 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("keyward_requests_total", "Requests handled, by route pattern, method and outcome."),
+            Opts::new(
+                "keyward_requests_total",
+                "Requests handled, by route pattern, method and outcome.",
+            ),
             &["route", "method", "outcome"],
         )
         .expect("static metric definition");
@@ -107,12 +110,18 @@ impl Metrics {
         )
         .expect("static metric definition");
         let config_reloads = IntCounterVec::new(
-            Opts::new("keyward_config_reloads_total", "Configuration reloads, by result."),
+            Opts::new(
+                "keyward_config_reloads_total",
+                "Configuration reloads, by result.",
+            ),
             &["result"],
         )
         .expect("static metric definition");
         let build_info = IntGaugeVec::new(
-            Opts::new("keyward_build_info", "Always 1; the version label names the running build."),
+            Opts::new(
+                "keyward_build_info",
+                "Always 1; the version label names the running build.",
+            ),
             &["version"],
         )
         .expect("static metric definition");
@@ -121,7 +130,9 @@ impl Metrics {
             "Client connections currently open on the proxy listener.",
         )
         .expect("static metric definition");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -130,7 +141,9 @@ impl Metrics {
             Box::new(build_info.clone()),
             Box::new(connections_open.clone()),
         ] {
-            registry.register(c).expect("each collector is registered once");
+            registry
+                .register(c)
+                .expect("each collector is registered once");
         }
         Metrics {
             registry,
@@ -146,8 +159,12 @@ impl Metrics {
     /// Count one finished request (called once, from the end of `proxy::handle`).
     pub fn observe_request(&self, route: &str, method: &Method, outcome: Outcome, seconds: f64) {
         let o = outcome.as_str();
-        self.requests.with_label_values(&[route, method_label(method), o]).inc();
-        self.request_duration.with_label_values(&[route, o]).observe(seconds);
+        self.requests
+            .with_label_values(&[route, method_label(method), o])
+            .inc();
+        self.request_duration
+            .with_label_values(&[route, o])
+            .observe(seconds);
     }
 
     /// The Prometheus text exposition of every collector.
