@@ -143,7 +143,8 @@ impl Proxy {
         peer: SocketAddr,
         request_id: &HeaderValue,
     ) -> Result<Response<ProxyBody>, Deny> {
-        let websocket = req.version() == Version::HTTP_11
+        let client_version = req.version();
+        let websocket = client_version == Version::HTTP_11
             && req.method() == Method::GET
             && headers::is_websocket_upgrade(req.headers());
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
@@ -214,6 +215,9 @@ impl Proxy {
             });
         }
         HeaderPolicy::prepare_response(resp.headers_mut(), switching);
+        // Answer in the client's protocol version, not the upstream's (an
+        // HTTP/1.0 upstream must not downgrade a keep-alive HTTP/1.1 client).
+        *resp.version_mut() = client_version;
         Ok(resp.map(Either::Left))
     }
 }
