@@ -30,4 +30,5 @@ pub mod config;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub mod store;
 pub mod telemetry;
