@@ -1,0 +1,103 @@
+//! Test harness shared by every integration test (`mod support;`).
+//!
+//! Real parts, never mocks (STYLE habit 9):
+//! - [`redis::RedisServer`]: our own `redis-server` on a free loopback port in a
+//!   temp dir, never the shared 6379;
+//! - [`upstream::EchoUpstream`]: a real HTTP server that records what it receives;
+//! - [`keyward::Keyward`]: the real binary on `127.0.0.1:0`, over real sockets;
+//! - [`http`]: small clients (hyper-util, HTTP/1.1 and h2c) and raw-bytes helpers;
+//! - [`metrics`]: reads Prometheus text exposition.
+//!
+//! All traffic goes to 127.0.0.1, every wait is bounded in time, and every
+//! spawned process or thread is stopped on `Drop`, also when a test panics.
+#![allow(dead_code)]
+
+pub mod http;
+pub mod keyward;
+pub mod metrics;
+pub mod redis;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+/// A loopback port that was free a moment ago (bind `127.0.0.1:0`, read, drop).
+///
+/// Nothing listens on it afterwards, which makes it the "upstream refused"
+/// address; a server started on it later may race another process, so
+/// servers bind `:0` themselves where they can.
+pub fn free_port() -> u16 {
+    for _ in 0..20 {
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0 for a free port");
+        let port = listener.local_addr().expect("local_addr of probe").port();
+        // Never hand out the shared Redis port, whatever the kernel says.
+        if port != 6379 {
+            return port;
+        }
+    }
+    panic!("could not find a free loopback port in 20 attempts");
+}
+
+/// `127.0.0.1:port`.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// A minimal valid config: kernel-picked proxy and admin ports, the given
+/// upstream, the in-memory store. Append YAML (routes, plans, …) to it.
+pub fn config_yaml(upstream_url: &str) -> String {
+    format!(
+        "listen: \"127.0.0.1:0\"\n\
+         admin:\n  listen: \"127.0.0.1:0\"\n\
+         upstream:\n  url: \"{upstream_url}\"\n\
+         store:\n  kind: memory\n"
+    )
+}
+
+/// Like [`config_yaml`], with the Redis store at `redis_url`
+/// (use [`redis::RedisServer::url`]).
+pub fn redis_config_yaml(upstream_url: &str, redis_url: &str) -> String {
+    format!(
+        "listen: \"127.0.0.1:0\"\n\
+         admin:\n  listen: \"127.0.0.1:0\"\n\
+         upstream:\n  url: \"{upstream_url}\"\n\
+         store:\n  kind: redis\n  redis:\n    url: \"{redis_url}\"\n"
+    )
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns
+/// whether it held. The loop is bounded by the deadline.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs a future to completion on a fresh thread with its own current-thread
+/// runtime, so it works from `#[test]` and from inside `#[tokio::test]` alike
+/// (it blocks the calling thread; every server in the harness runs on
+/// threads or processes of its own, so that is safe).
+pub fn block_on<F>(fut: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("build a current-thread runtime")
+            .block_on(fut)
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
