@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,6 +35,19 @@ fn redis_server_runs_on_its_own_loopback_port_not_6379() {
     let dir = dir.into_strings();
     let ours = redis.dir().canonicalize().expect("canonical temp dir");
     assert_eq!(dir.get(1).map(std::path::PathBuf::from), Some(ours));
+    // No persistence: a restart must start empty.
+    let save = redis
+        .cmd(&["CONFIG", "GET", "save"])
+        .expect("CONFIG GET save");
+    assert_eq!(save.into_strings(), vec!["save", ""]);
+    let aof = redis
+        .cmd(&["CONFIG", "GET", "appendonly"])
+        .expect("CONFIG GET");
+    assert_eq!(aof.into_strings(), vec!["appendonly", "no"]);
+    let bind = redis
+        .cmd(&["CONFIG", "GET", "bind"])
+        .expect("CONFIG GET bind");
+    assert_eq!(bind.into_strings(), vec!["bind", "127.0.0.1"]);
 }
 
 #[test]
@@ -100,12 +113,24 @@ fn redis_servers_are_independent_and_dropping_one_kills_it() {
     assert_ne!(a.port(), b.port());
     a.cmd(&["SET", "only-in-a", "1"]).expect("SET");
     assert_eq!(b.get("only-in-a"), None);
-    let addr = a.addr();
+    let info = a
+        .cmd(&["INFO", "server"])
+        .expect("INFO")
+        .into_strings()
+        .concat();
+    let pid = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("process_id:"))
+        .expect("INFO names the pid")
+        .to_owned();
     drop(a);
-    assert!(
-        std::net::TcpStream::connect_timeout(&addr, SHORT).is_err(),
-        "redis-server still listening after drop"
-    );
+    let alive = std::process::Command::new("kill")
+        .args(["-0", &pid])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run kill -0")
+        .success();
+    assert!(!alive, "redis-server {pid} still alive after drop");
 }
 
 #[test]
@@ -349,29 +374,56 @@ async fn upstream_speaks_h2c_with_prior_knowledge() {
 }
 
 #[test]
-fn dropping_the_upstream_stops_it_listening() {
+fn stopping_the_upstream_closes_connections_and_refuses_until_it_comes_back() {
     let up = EchoUpstream::start();
     let addr = up.addr();
-    let resp = http::get_blocking(&up.url(), &[]);
-    assert_eq!(resp.status, 200);
-    drop(up);
-    assert!(std::net::TcpStream::connect_timeout(&addr, SHORT).is_err());
-    // And the port can be served again (the "upstream comes back" pattern).
+    // A kept-alive connection that has been answered once.
+    let mut s = http::connect(addr, SHORT);
+    s.write_all(b"GET /status/204 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let head = http::read_head(&mut s, SHORT);
+    assert!(head.starts_with(b"HTTP/1.1 204"), "{head:?}");
+
+    let reserved = up.stop();
+    assert_eq!(reserved.port(), addr.port());
+    // EOF or a reset, not a read timeout: the connection was closed.
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "unexpected bytes: {rest:?}"),
+        Err(e) => assert!(
+            !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            "connection still open after stop: {e}"
+        ),
+    }
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, SHORT).is_err(),
+        "a stopped upstream's port accepted a connection"
+    );
+
+    drop(reserved);
     let again = EchoUpstream::start_on(addr.port());
     assert_eq!(http::get_blocking(&again.url(), &[]).status, 200);
+    assert_eq!(
+        again.count(),
+        1,
+        "a restarted upstream starts with no records"
+    );
 }
 
 // ---- clients and helpers -------------------------------------------------
 
 #[tokio::test]
-async fn nothing_listens_on_a_free_port_and_try_request_says_so() {
-    let port = support::free_port();
-    assert_ne!(port, 6379);
-    let url = format!("http://127.0.0.1:{port}/");
-    let err = http::try_request("GET", &url, &[], Bytes::new())
+async fn a_reserved_port_refuses_and_try_request_says_so() {
+    assert_ne!(support::free_port(), 6379);
+    let refused = support::ReservedPort::new();
+    assert_ne!(refused.port(), 6379);
+    let err = http::try_request("GET", &refused.url(), &[], Bytes::new())
         .await
-        .expect_err("something answered on a free port");
+        .expect_err("something answered on a reserved port");
     assert!(err.contains("request failed"), "{err}");
+    let port = refused.port();
+    drop(refused);
+    assert!(std::net::TcpListener::bind(support::loopback(port)).is_ok());
 }
 
 #[tokio::test]

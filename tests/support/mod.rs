@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 /// A loopback port that was free a moment ago (bind `127.0.0.1:0`, read, drop).
 ///
-/// Nothing listens on it afterwards, which makes it the "upstream refused"
-/// address; a server started on it later may race another process, so
-/// servers bind `:0` themselves where they can.
+/// Nothing listens on it afterwards, so it can serve as an "upstream refused"
+/// address, but a parallel test may take it at any moment: prefer
+/// [`ReservedPort`], which holds the port until dropped.
 pub fn free_port() -> u16 {
     for _ in 0..20 {
         let listener =
@@ -38,6 +38,57 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("could not find a free loopback port in 20 attempts");
+}
+
+/// A loopback port held bound but not listening: connecting to it is
+/// refused, and the kernel hands it to no other `bind(:0)` until this is
+/// dropped. This is the reliable "upstream refused"
+/// address, and it keeps a stopped server's port for its restart.
+pub struct ReservedPort {
+    port: u16,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl ReservedPort {
+    /// Reserves a kernel-picked port.
+    pub fn new() -> ReservedPort {
+        Self::try_port(0).expect("reserve a loopback port")
+    }
+
+    /// Reserves `port`; `Err` when something holds it already.
+    pub fn try_port(port: u16) -> std::io::Result<ReservedPort> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        // Connections of a just-stopped server may linger in TIME_WAIT on
+        // this port; SO_REUSEADDR lets us bind anyway. The kernel's choice of
+        // a port for `bind(:0)` still skips it, and a server that binds this
+        // port by number (`restart`, `start_on`) is let in on purpose.
+        socket.set_reuseaddr(true)?;
+        socket.bind(loopback(port))?;
+        let port = socket.local_addr()?.port();
+        Ok(ReservedPort {
+            port,
+            _socket: socket,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        loopback(self.port)
+    }
+
+    /// `http://127.0.0.1:P`, an upstream URL that always refuses.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Default for ReservedPort {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// `127.0.0.1:port`.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, loopback};
+use super::{free_port, loopback, ReservedPort};
 
 /// How long `start`/`restart` wait for PING to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,6 +32,10 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Holds the port while the server is down, so that no parallel test's
+    /// `bind(:0)` takes it before `restart()`; connections are refused
+    /// meanwhile, as for a real outage.
+    reserved: Option<ReservedPort>,
 }
 
 impl RedisServer {
@@ -51,6 +55,7 @@ impl RedisServer {
                         port,
                         dir,
                         child: Some(child),
+                        reserved: None,
                     }
                 }
                 // Most likely another process took the port between our probe
@@ -97,6 +102,7 @@ impl RedisServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            self.reserved = ReservedPort::try_port(self.port).ok();
         }
     }
 
@@ -110,19 +116,21 @@ impl RedisServer {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = child.kill();
         let _ = child.wait();
+        self.reserved = ReservedPort::try_port(self.port).ok();
     }
 
     /// Kills the server if it runs, then starts a new one on the same port
     /// and dir. Data is gone (no persistence). Panics if the port stays taken.
     pub fn restart(&mut self) {
         self.kill();
-        let deadline = Instant::now() + START_TIMEOUT;
+        self.reserved = None;
+        let deadline = Instant::now() + 2 * START_TIMEOUT;
         let mut last_error = String::new();
         while Instant::now() < deadline {
             match spawn(self.port, self.dir.path()) {
@@ -184,7 +192,10 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        self.kill();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -40,6 +40,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, Notify};
 
+use super::ReservedPort;
+
 /// Longest `/slow` wait.
 const MAX_SLOW: Duration = Duration::from_secs(60);
 /// Largest `/bytes/N`.
@@ -124,7 +126,8 @@ impl EchoUpstream {
     }
 
     /// Starts on a given loopback port (for "the upstream comes back" tests:
-    /// drop one, start another on the same port). Panics if it is taken.
+    /// [`EchoUpstream::stop`] one, drop the reservation, start another on the
+    /// same port). Panics if the port is taken.
     pub fn start_on(port: u16) -> EchoUpstream {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .unwrap_or_else(|e| panic!("echo upstream: bind 127.0.0.1:{port}: {e}"));
@@ -204,14 +207,34 @@ impl EchoUpstream {
     }
 }
 
-impl Drop for EchoUpstream {
-    fn drop(&mut self) {
+impl EchoUpstream {
+    /// Stops serving (listener and every open connection closed) and keeps
+    /// the port reserved, so a parallel test cannot take it: connections are
+    /// refused until the reservation is dropped and [`EchoUpstream::start_on`]
+    /// serves the port again ("the upstream goes away and comes back").
+    pub fn stop(mut self) -> ReservedPort {
+        self.shut_down();
+        ReservedPort::try_port(self.port()).unwrap_or_else(|e| {
+            panic!(
+                "echo upstream: reserve port {} after stopping: {e}",
+                self.port()
+            )
+        })
+    }
+
+    fn shut_down(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        self.shut_down();
     }
 }
 
