@@ -19,10 +19,14 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 
 # Dependency layer: build every dependency against a dummy crate, so that a
-# change under src/ rebuilds only keyward itself. (If Cargo.toml ever names
-# extra targets with fixed paths, e.g. [[bench]], add stubs for them here.)
+# change under src/ rebuilds only keyward itself. The image needs only the
+# library and the binary, so [[bench]]/[[test]]/[[example]] tables are cut
+# from the manifest (cargo refuses a manifest naming target files that are
+# not there; tests/ and benches/ are not in the build context).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src \
+RUN awk '/^\[/ { skip = ($0 ~ /^\[\[(bench|test|example)\]\]/) } !skip' Cargo.toml > Cargo.toml.image \
+ && mv Cargo.toml.image Cargo.toml \
+ && mkdir -p src \
  && echo 'fn main() {}' > src/main.rs \
  && echo '' > src/lib.rs \
  && cargo build --release --locked \

@@ -540,3 +540,105 @@ fn keyward_start_panics_with_output_when_the_process_exits_early() {
         .start_timeout(Duration::from_secs(20))
         .start();
 }
+
+/// A stand-in for the binary that honours the log contract: JSON lines on
+/// stdout, a "listening" line with both addresses, an event on SIGTERM.
+const STAND_IN: &str = r#"
+echo "args: $*" >&2
+printf '{"level":"INFO","message":"starting","log_level":"%s","cwd":"%s","redis":"%s"}\n' \
+    "$KEYWARD_LOG_LEVEL" "$PWD" "${KEYWARD_REDIS_URL:-unset}"
+echo 'not json'
+echo '{"timestamp":"t","level":"INFO","message":"listening","proxy":"127.0.0.1:40000","admin":"127.0.0.1:40001","target":"keyward::app"}'
+trap 'echo "{\"message\":\"shutdown\",\"signal\":\"TERM\"}"; exit 3' TERM
+for _ in $(seq 1 300); do sleep 0.1; done
+"#;
+
+#[test]
+fn keyward_harness_reads_addresses_logs_and_signals_from_the_process() {
+    let mut kw = support::keyward::Keyward::builder()
+        .program("bash", &["-c", STAND_IN, "stand-in"])
+        .config("listen: 127.0.0.1:0\n")
+        .file("keys.yaml", "keys: []\n")
+        .arg("--extra")
+        .start();
+    assert_eq!(kw.addr(), "127.0.0.1:40000".parse().expect("addr"));
+    assert_eq!(kw.admin_addr(), "127.0.0.1:40001".parse().expect("addr"));
+    assert_eq!(kw.url("/v1/x?y=1"), "http://127.0.0.1:40000/v1/x?y=1");
+    assert_eq!(kw.admin_url("/metrics"), "http://127.0.0.1:40001/metrics");
+    assert_eq!(kw.listening_event()["target"], "keyward::app");
+
+    let starting = kw
+        .wait_for_event("starting", 1, SHORT)
+        .expect("starting event");
+    assert_eq!(starting["log_level"], "debug", "KEYWARD_LOG_LEVEL default");
+    let cwd = std::path::PathBuf::from(starting["cwd"].as_str().expect("cwd"));
+    assert_eq!(
+        cwd.canonicalize().expect("cwd"),
+        kw.dir().canonicalize().expect("dir")
+    );
+    assert!(kw.dir().join("keys.yaml").is_file());
+    assert_eq!(
+        std::fs::read_to_string(kw.config_path()).expect("config"),
+        "listen: 127.0.0.1:0\n"
+    );
+    assert!(support::wait_until(SHORT, || kw
+        .stderr()
+        .contains("--extra")));
+    let config = kw.config_path().display().to_string();
+    assert!(
+        kw.stderr().contains(&format!(
+            "args: serve --config {config} --log-format json --extra"
+        )),
+        "{}",
+        kw.stderr()
+    );
+    assert!(kw.logs().iter().any(|l| l == "not json"));
+    assert_eq!(kw.log_events("listening").len(), 1);
+
+    kw.write_config("listen: 127.0.0.1:1\n");
+    assert_eq!(
+        std::fs::read_to_string(kw.config_path()).expect("config"),
+        "listen: 127.0.0.1:1\n"
+    );
+
+    assert!(kw.is_running());
+    assert!(kw.signal("SIGTERM"));
+    let status = kw.wait_exit(SHORT).expect("exits after TERM");
+    assert_eq!(status.code(), Some(3));
+    kw.flush_logs(SHORT);
+    let shutdown = kw.log_events("shutdown");
+    assert_eq!(shutdown.len(), 1, "{:?}", kw.logs());
+    assert_eq!(shutdown[0]["signal"], "TERM");
+    assert!(!kw.signal("TERM"), "signal to an exited process succeeded");
+}
+
+#[test]
+fn keyward_harness_finds_listening_under_fields_and_kills_on_drop() {
+    let script = r#"echo '{"fields":{"message":"listening","proxy":"127.0.0.1:5"}}'; echo "pid $$" >&2; exec sleep 30"#;
+    let kw = support::keyward::Keyward::builder()
+        .program("bash", &["-c", script, "stand-in"])
+        .start();
+    assert_eq!(kw.addr().port(), 5);
+    let pid = kw.pid().to_string();
+    drop(kw);
+    let alive = std::process::Command::new("kill")
+        .args(["-0", &pid])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run kill -0")
+        .success();
+    assert!(!alive, "process {pid} survived the Keyward drop");
+}
+
+#[test]
+fn keyward_run_to_exit_returns_status_and_output() {
+    let out = support::keyward::Keyward::builder()
+        .program(
+            "bash",
+            &["-c", "echo out; echo err >&2; exit 2", "stand-in"],
+        )
+        .run_to_exit(SHORT);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(out.stderr, b"err\n");
+}

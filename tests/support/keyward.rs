@@ -55,6 +55,7 @@ pub struct Keyward {
 /// Options for [`Keyward`]; `start()` spawns and waits for "listening".
 #[derive(Default)]
 pub struct KeywardBuilder {
+    program: Option<(String, Vec<String>)>,
     config: Option<String>,
     subcommand: Option<Vec<String>>,
     args: Vec<String>,
@@ -68,6 +69,16 @@ impl KeywardBuilder {
     /// Config YAML, written to `<tempdir>/keyward.yaml` and passed as `--config`.
     pub fn config(mut self, yaml: &str) -> Self {
         self.config = Some(yaml.to_owned());
+        self
+    }
+
+    /// Runs `program leading_args… <subcommand> --config … …` instead of
+    /// the keyward binary: for the harness's own tests, with a stand-in.
+    pub fn program(mut self, program: &str, leading_args: &[&str]) -> Self {
+        self.program = Some((
+            program.to_owned(),
+            leading_args.iter().map(|a| (*a).to_owned()).collect(),
+        ));
         self
     }
 
@@ -125,7 +136,7 @@ impl KeywardBuilder {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let stdout: Lines = Arc::default();
         let stderr: Lines = Arc::default();
         let readers = vec![
@@ -197,7 +208,14 @@ impl KeywardBuilder {
                 .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         }
         let config_path = dir.path().join("keyward.yaml");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match &self.program {
+            Some((program, leading)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(leading);
+                cmd
+            }
+            None => Command::new(BIN),
+        };
         cmd.current_dir(dir.path());
         clean_env(&mut cmd, &self.envs);
         match &self.subcommand {

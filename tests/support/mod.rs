@@ -71,6 +71,21 @@ impl ReservedPort {
         })
     }
 
+    /// Reserves `port`, retrying for up to `timeout`: right after a server
+    /// on it stops, its closing connections (FIN-WAIT-1) can refuse the
+    /// bind for a moment. They also keep every `bind(:0)` off the port
+    /// meanwhile, so waiting loses nothing.
+    pub fn wait_for(port: u16, timeout: Duration) -> std::io::Result<ReservedPort> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match Self::try_port(port) {
+                Ok(reserved) => return Ok(reserved),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -102,7 +102,7 @@ impl RedisServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
-            self.reserved = ReservedPort::try_port(self.port).ok();
+            self.reserved = ReservedPort::wait_for(self.port, Duration::from_secs(2)).ok();
         }
     }
 
@@ -122,7 +122,7 @@ impl RedisServer {
         }
         let _ = child.kill();
         let _ = child.wait();
-        self.reserved = ReservedPort::try_port(self.port).ok();
+        self.reserved = ReservedPort::wait_for(self.port, Duration::from_secs(2)).ok();
     }
 
     /// Kills the server if it runs, then starts a new one on the same port

@@ -214,12 +214,9 @@ impl EchoUpstream {
     /// serves the port again ("the upstream goes away and comes back").
     pub fn stop(mut self) -> ReservedPort {
         self.shut_down();
-        ReservedPort::try_port(self.port()).unwrap_or_else(|e| {
-            panic!(
-                "echo upstream: reserve port {} after stopping: {e}",
-                self.port()
-            )
-        })
+        let port = self.port();
+        ReservedPort::wait_for(port, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("echo upstream: reserve port {port} after stopping: {e}"))
     }
 
     fn shut_down(&mut self) {
