@@ -3,6 +3,8 @@
 //! back, an upstream that records exactly what it received and behaves as
 //! documented per path, and clients that send exactly what they are given.
 //! None of these tests needs a working keyward binary.
+// Timing assertions use the real clock on purpose.
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 
