@@ -553,3 +553,17 @@ fn serve_with_a_broken_config_exits_2_and_flags_beat_the_file() {
     assert_eq!(h::get_blocking(&kw.url("/x"), &[]).status, 200);
     assert_eq!(up.count(), 1);
 }
+
+#[test]
+fn shipped_configs_pass_check_config() {
+    for file in ["config/quickstart.yaml", "config/keyward.example.yaml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let out = support::keyward::run(&["check-config", "--config", path.to_str().unwrap()]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
