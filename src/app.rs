@@ -160,7 +160,7 @@ fn reload(source: &ConfigSource, runtime: &ArcSwap<Runtime>, metrics: &Metrics) 
             info!(config = %source.path.display(), "config reloaded");
         }
         Err(e) => {
-            metrics.config_reloads.with_label_values(&["failure"]).inc();
+            metrics.config_reloads.with_label_values(&["error"]).inc();
             warn!(config = %source.path.display(), error = %e, "config reload refused; keeping the running config");
         }
     }
