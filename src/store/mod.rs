@@ -1,5 +1,6 @@
 //! Key stores (SPEC §4).
 
+pub mod cache;
 pub mod record;
 
 pub use record::{KeyHash, KeyRecord, KeyState};
