@@ -1,0 +1,1015 @@
+//! The Redis key store: SPEC §4's layout, exactly, so other systems can
+//! provision keys by writing it (`{p}` is `store.redis.key_prefix`):
+//!
+//! | key | type | contents |
+//! |---|---|---|
+//! | `{p}key:{sha256hex}` | hash | `id name owner env scopes plan created_at expires_at revoked_at description display_prefix last_used_at` |
+//! | `{p}id:{key_id}` | string | the key's sha256hex |
+//! | `{p}owner:{owner}` | set | the owner's key ids |
+//! | `{p}events` | pub/sub | `invalidate {sha256hex} {unix ms}` on every change |
+//!
+//! Availability (SPEC §9): keyward must start, and keep answering, while
+//! Redis is down. So the store connects in the background (exponential
+//! backoff with jitter, 100 ms -> 5 s), every command is bounded by
+//! `store.redis.timeout`, and once the connection is known to be broken the
+//! store *fails fast*: calls return `Unavailable` at once instead of each
+//! request waiting out its timeout, while a background probe PINGs (100 ms
+//! -> 2 s) until Redis answers again. [`RedisStore::is_up`] reports that
+//! state for `/readyz` and the `keyward_store_up` gauge.
+//!
+//! Redis Cluster (`store.redis.cluster_nodes`) is not built yet:
+//! [`RedisStore::new`] refuses it with `Unavailable`. The scripts below touch
+//! several keys that would need one hash slot there.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, ErrorKind, RedisError, RedisResult, Script};
+use arc_swap::ArcSwapOption;
+use rand::Rng;
+use tokio::sync::{watch, Notify};
+
+use super::{sort_listing, KeyHash, KeyRecord, KeyStore, StoreError};
+use crate::config::{redact_url, RedisConfig};
+
+/// Backoff of the background connect (the brief's 100 ms -> 5 s).
+const CONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// Backoff of the health probe once a connection existed: a PING is cheap,
+/// and every second of it is a second of `/readyz` 503 after Redis is back.
+const PROBE_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+/// How often an idle, healthy store PINGs, so `is_up` notices an outage
+/// without waiting for traffic.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// Connecting (TCP + AUTH + SELECT) and probing get at least this long:
+/// `store.redis.timeout` (50 ms by default) is a budget for one command on
+/// the request path, too tight for a fresh connection over a real network.
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Timeouts in a row after which the store counts as down (one slow reply
+/// under load must not fail the whole store over).
+const TIMEOUTS_TO_TRIP: u32 = 3;
+/// Commands per pipeline in bulk reads and `touch_last_used`, so each
+/// round trip stays small enough for the per-command timeout.
+const BATCH: usize = 100;
+
+/// The Redis store. Cheap to clone: clones share one connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    prefix: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+    /// The URL with its password masked: the only form that is logged.
+    shown_url: String,
+    /// `None` until the first connection succeeds. The manager then
+    /// reconnects by itself (driven by commands and the probe).
+    conn: ArcSwapOption<ConnectionManager>,
+    /// `true` while the last command or probe succeeded.
+    up: watch::Sender<bool>,
+    timeouts_in_a_row: AtomicU32,
+    /// Wakes the supervisor when the store trips. Shared with the task by
+    /// its own `Arc`, so the task never keeps `Inner` alive.
+    tripped: Arc<Notify>,
+    supervisor: OnceLock<tokio::task::AbortHandle>,
+    insert_script: Script,
+    modify_script: Script,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.supervisor.get() {
+            task.abort();
+        }
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.inner.shown_url)
+            .field("prefix", &self.inner.prefix)
+            .field("up", &self.is_up())
+            .finish()
+    }
+}
+
+/// Atomically: refuse a taken hash or id, write the hash (only the fields
+/// that are set), the id index and the owner set.
+/// KEYS: `{p}key:{hex}`, `{p}id:{id}`, `{p}owner:{owner}`.
+/// ARGV: hex, id, then field/value pairs. Returns 0, 1 (hash taken), 2 (id taken).
+const INSERT_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX') then return 2 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('SADD', KEYS[3], ARGV[2])
+return 0
+";
+
+/// Atomically change one field and announce it, so no replica can miss a
+/// change that happened (the event and the write are one step).
+/// KEYS: `{p}key:{hex}`. ARGV: `revoke` | `expire` | `unexpire`, Unix
+/// seconds, hex, channel. Returns the record's fields, or nil if the hash is
+/// gone. `revoke` keeps an earlier `revoked_at`. The event's milliseconds
+/// come from the Redis server's clock, at the moment of publishing, which is
+/// what `keyward_revocation_lag_seconds` measures from (SPEC §11).
+const MODIFY_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if ARGV[1] == 'revoke' then
+  local current = tonumber(redis.call('HGET', KEYS[1], 'revoked_at'))
+  if current == nil or current > tonumber(ARGV[2]) then
+    redis.call('HSET', KEYS[1], 'revoked_at', ARGV[2])
+  end
+elseif ARGV[1] == 'expire' then
+  redis.call('HSET', KEYS[1], 'expires_at', ARGV[2])
+else
+  redis.call('HDEL', KEYS[1], 'expires_at')
+end
+local now = redis.call('TIME')
+local ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
+redis.call('PUBLISH', ARGV[4], 'invalidate ' .. ARGV[3] .. ' ' .. ms)
+return redis.call('HGETALL', KEYS[1])
+";
+
+/// Sets `last_used_at` only on a hash that exists (a deleted key must not
+/// come back as a hash holding nothing but a time) and only forwards (two
+/// replicas flushing out of order must not move it back).
+/// KEYS: `{p}key:{hex}`. ARGV: Unix seconds.
+const TOUCH_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local current = tonumber(redis.call('HGET', KEYS[1], 'last_used_at'))
+  if current == nil or current < tonumber(ARGV[1]) then
+    redis.call('HSET', KEYS[1], 'last_used_at', ARGV[1])
+  end
+end
+return 0
+";
+
+impl RedisStore {
+    /// Starts the store and its background connect; never waits for the
+    /// network. Must be called inside a tokio runtime. Refuses a config
+    /// without a URL, and Redis Cluster (not built yet).
+    pub fn new(config: &RedisConfig) -> Result<RedisStore, StoreError> {
+        let Some(url) = config.url.as_deref() else {
+            if !config.cluster_nodes.is_empty() {
+                // Cluster needs its own client (redis::cluster_async) and
+                // hash-tagged key names for the multi-key scripts; until
+                // then, say so instead of half-working.
+                return Err(StoreError::Unavailable(
+                    "redis cluster support is not built yet".to_owned(),
+                ));
+            }
+            return Err(StoreError::Invalid("store.redis.url is not set".to_owned()));
+        };
+        let shown_url = redact_url(url);
+        let client = Client::open(url).map_err(|e| {
+            StoreError::Invalid(format!("invalid Redis URL {shown_url}: {}", describe(&e)))
+        })?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            StoreError::Unavailable(
+                "the Redis store must be started inside a tokio runtime".to_owned(),
+            )
+        })?;
+        let connect_timeout = config.timeout.max(MIN_CONNECT_TIMEOUT);
+        let tripped = Arc::new(Notify::new());
+        let inner = Arc::new(Inner {
+            prefix: config.key_prefix.clone(),
+            timeout: config.timeout,
+            connect_timeout,
+            shown_url,
+            conn: ArcSwapOption::empty(),
+            up: watch::Sender::new(false),
+            timeouts_in_a_row: AtomicU32::new(0),
+            tripped: tripped.clone(),
+            supervisor: OnceLock::new(),
+            insert_script: Script::new(INSERT_LUA),
+            modify_script: Script::new(MODIFY_LUA),
+        });
+        // One connection attempt per manager reconnect, each bounded: the
+        // backoff between attempts is ours (supervise), so a reconnect never
+        // holds commands for a series of retries.
+        let manager_config = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
+            .set_connection_timeout(connect_timeout);
+        let task = runtime.spawn(supervise(
+            Arc::downgrade(&inner),
+            tripped,
+            client,
+            manager_config,
+        ));
+        let _ = inner.supervisor.set(task.abort_handle());
+        Ok(RedisStore { inner })
+    }
+
+    /// Whether the last command or health check succeeded: `/readyz` and the
+    /// `keyward_store_up` gauge. `false` until the first connection.
+    pub fn is_up(&self) -> bool {
+        *self.inner.up.borrow()
+    }
+
+    /// Waits up to `within` for the store to be up (the CLI, which would
+    /// otherwise race the background connect). `Unavailable` on time out.
+    pub async fn wait_until_up(&self, within: Duration) -> Result<(), StoreError> {
+        let mut up = self.inner.up.subscribe();
+        let came_up = matches!(
+            tokio::time::timeout(within, up.wait_for(|up| *up)).await,
+            Ok(Ok(_))
+        );
+        match came_up {
+            true => Ok(()),
+            false => Err(StoreError::Unavailable(format!(
+                "no answer from Redis at {} within {within:?}",
+                self.inner.shown_url
+            ))),
+        }
+    }
+
+    /// `store.redis.key_prefix`.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The pub/sub channel of invalidations: `{p}events`.
+    pub fn events_channel(&self) -> String {
+        format!("{}events", self.inner.prefix)
+    }
+
+    fn key_of(&self, hash: &KeyHash) -> String {
+        format!("{}key:{}", self.inner.prefix, hash.to_hex())
+    }
+
+    fn id_key(&self, id: &str) -> String {
+        format!("{}id:{id}", self.inner.prefix)
+    }
+
+    fn owner_key(&self, owner: &str) -> String {
+        format!("{}owner:{owner}", self.inner.prefix)
+    }
+
+    /// Runs one operation under the store's rules: fail fast while down,
+    /// one `store.redis.timeout` for the whole operation, and a single retry
+    /// of an idempotent operation whose connection broke under it (the
+    /// manager is reconnecting already; a Redis restart or an idle-timeout
+    /// close should not fail the request that noticed it).
+    async fn run<T, F, Fut>(
+        &self,
+        op: &'static str,
+        idempotent: bool,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let inner = &*self.inner;
+        let Some(conn) = inner.conn.load_full() else {
+            return Err(StoreError::Unavailable(format!(
+                "not connected to Redis at {} yet",
+                inner.shown_url
+            )));
+        };
+        if !*inner.up.borrow() {
+            return Err(StoreError::Unavailable(format!(
+                "Redis at {} is down; retrying in the background",
+                inner.shown_url
+            )));
+        }
+        let mut broke = false;
+        let attempt = async {
+            match f((*conn).clone()).await {
+                Err(e) if idempotent && is_connection_error(&e) => {
+                    broke = true;
+                    f((*conn).clone()).await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(inner.timeout, attempt).await {
+            Ok(Ok(value)) => {
+                inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                Ok(value)
+            }
+            Ok(Err(e)) => Err(inner.failed(op, &e)),
+            Err(_) => {
+                let in_a_row = inner.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                if broke || in_a_row >= TIMEOUTS_TO_TRIP {
+                    inner.trip(op, "timed out");
+                }
+                Err(StoreError::Timeout)
+            }
+        }
+    }
+
+    /// HGETALLs of many hashes, pipelined in batches.
+    async fn fetch_records(
+        &self,
+        hashes: &[KeyHash],
+    ) -> Result<Vec<(KeyHash, Option<HashMap<String, String>>)>, StoreError> {
+        let mut out = Vec::with_capacity(hashes.len());
+        for chunk in hashes.chunks(BATCH) {
+            let mut pipe = ::redis::pipe();
+            for hash in chunk {
+                pipe.hgetall(self.key_of(hash));
+            }
+            let maps: Vec<HashMap<String, String>> = self
+                .run("list", true, |mut c| {
+                    let pipe = &pipe;
+                    async move { pipe.query_async(&mut c).await }
+                })
+                .await?;
+            out.extend(
+                chunk
+                    .iter()
+                    .zip(maps)
+                    .map(|(h, m)| (*h, (!m.is_empty()).then_some(m))),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Resolves a key id to its hash through `{p}id:{id}`.
+    async fn hash_of_id(&self, id: &str) -> Result<Option<KeyHash>, StoreError> {
+        let key = self.id_key(id);
+        let hex: Option<String> = self
+            .run("get_by_id", true, |mut c| {
+                let key = &key;
+                async move { ::redis::cmd("GET").arg(key).query_async(&mut c).await }
+            })
+            .await?;
+        match hex {
+            None => Ok(None),
+            Some(hex) => KeyHash::from_hex(hex.trim()).map(Some).ok_or_else(|| {
+                StoreError::Invalid(format!(
+                    "{}id:{id} does not hold a SHA-256 hex digest",
+                    self.inner.prefix
+                ))
+            }),
+        }
+    }
+
+    async fn modify(
+        &self,
+        id: &str,
+        action: &'static str,
+        at: Option<u64>,
+    ) -> Result<KeyRecord, StoreError> {
+        let not_found = || StoreError::NotFound(format!("no key with id {id:?}"));
+        let hash = self.hash_of_id(id).await?.ok_or_else(not_found)?;
+        let key = self.key_of(&hash);
+        let hex = hash.to_hex();
+        let channel = self.events_channel();
+        let at = at.unwrap_or(0).to_string();
+        let script = &self.inner.modify_script;
+        let fields: Option<HashMap<String, String>> = self
+            .run(action, true, |mut c| {
+                let mut call = script.key(&key);
+                call.arg(action).arg(&at).arg(&hex).arg(&channel);
+                async move { call.invoke_async(&mut c).await }
+            })
+            .await?;
+        // The id index points at a hash that is gone: as good as no key.
+        let fields = fields.ok_or_else(not_found)?;
+        let record = parse_logged(&hash, &fields)?;
+        tracing::debug!(key_id = %record.id, action, "published invalidate");
+        Ok(record)
+    }
+}
+
+impl Inner {
+    /// Turns a Redis error into a `StoreError`, tripping the store when the
+    /// error says the connection (not the data) is the problem.
+    fn failed(&self, op: &'static str, e: &RedisError) -> StoreError {
+        let detail = describe(e);
+        if e.kind() == ErrorKind::ReadOnly {
+            return StoreError::ReadOnly(format!("Redis refused a write: {detail}"));
+        }
+        if e.kind() == ErrorKind::TypeError || e.code() == Some("WRONGTYPE") {
+            return StoreError::Invalid(format!("unexpected data in Redis: {detail}"));
+        }
+        if is_connection_error(e) {
+            self.trip(op, &detail);
+        }
+        StoreError::Unavailable(detail)
+    }
+
+    /// Marks the store down (once per outage) and wakes the probe.
+    fn trip(&self, op: &'static str, why: &str) {
+        if self.set_up(false) {
+            tracing::warn!(
+                url = %self.shown_url,
+                op,
+                error = why,
+                "key store unreachable; failing fast until Redis answers again"
+            );
+            self.tripped.notify_one();
+        }
+    }
+
+    /// Returns whether the state changed.
+    fn set_up(&self, up: bool) -> bool {
+        self.up.send_if_modified(|current| {
+            let changed = *current != up;
+            *current = up;
+            changed
+        })
+    }
+
+    /// One PING straight through the manager, bypassing fail-fast.
+    async fn probe(&self) -> Result<(), String> {
+        let Some(conn) = self.conn.load_full() else {
+            return Err("not connected".to_owned());
+        };
+        let mut conn = (*conn).clone();
+        let ping_cmd = ::redis::cmd("PING");
+        let ping = ping_cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(self.connect_timeout, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(describe(&e)),
+            Err(_) => Err("PING timed out".to_owned()),
+        }
+    }
+}
+
+/// The background half of the store: first connect with backoff, then
+/// watch health. Holds only a `Weak` so dropping the last `RedisStore`
+/// ends it (`Inner::drop` also aborts it).
+async fn supervise(
+    store: Weak<Inner>,
+    tripped: Arc<Notify>,
+    client: Client,
+    manager_config: ConnectionManagerConfig,
+) {
+    let mut backoff = Backoff::new(CONNECT_BACKOFF);
+    let mut attempts = 0u32;
+    loop {
+        let Some(inner) = store.upgrade() else { return };
+        let connect = ConnectionManager::new_with_config(client.clone(), manager_config.clone());
+        let error = match tokio::time::timeout(inner.connect_timeout, connect).await {
+            Ok(Ok(manager)) => {
+                inner.conn.store(Some(Arc::new(manager)));
+                inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                inner.set_up(true);
+                tracing::info!(url = %inner.shown_url, "connected to the Redis key store");
+                break;
+            }
+            Ok(Err(e)) => describe(&e),
+            Err(_) => "connection timed out".to_owned(),
+        };
+        // The first failure is worth a warning; the retries that follow
+        // would only repeat it every few seconds.
+        if attempts == 0 {
+            tracing::warn!(url = %inner.shown_url, error = %error, "cannot reach the Redis key store yet; retrying in the background");
+        } else {
+            tracing::debug!(url = %inner.shown_url, error = %error, attempts, "Redis key store still unreachable");
+        }
+        attempts += 1;
+        drop(inner);
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+
+    loop {
+        // Up: wait for a trip, checking health now and then meanwhile.
+        let woken = tokio::select! {
+            _ = tripped.notified() => true,
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => false,
+        };
+        let Some(inner) = store.upgrade() else { return };
+        if !woken {
+            // Through the normal path, so a failure trips the store.
+            let _ = RedisStore { inner }.ping().await;
+            continue;
+        }
+        drop(inner);
+
+        // Down: probe at once (a single dropped connection is usually back
+        // in one round trip), then with backoff until Redis answers.
+        let mut backoff = Backoff::new(PROBE_BACKOFF);
+        loop {
+            let Some(inner) = store.upgrade() else { return };
+            if *inner.up.borrow() {
+                break;
+            }
+            match inner.probe().await {
+                Ok(()) => {
+                    inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                    inner.set_up(true);
+                    tracing::info!(url = %inner.shown_url, "Redis key store reachable again");
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(url = %inner.shown_url, error = %e, "Redis key store still down")
+                }
+            }
+            drop(inner);
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+}
+
+impl KeyStore for RedisStore {
+    /// One HGETALL: the request path's only round trip.
+    async fn get(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+        let key = self.key_of(hash);
+        let fields: HashMap<String, String> = self
+            .run("get", true, |mut c| {
+                let key = &key;
+                async move { ::redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
+            })
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        parse_logged(hash, &fields).map(Some)
+    }
+
+    async fn get_by_id(&self, id: &str) -> Result<Option<(KeyHash, KeyRecord)>, StoreError> {
+        let Some(hash) = self.hash_of_id(id).await? else {
+            return Ok(None);
+        };
+        Ok(self.get(&hash).await?.map(|record| (hash, record)))
+    }
+
+    async fn list(&self, owner: Option<&str>) -> Result<Vec<(KeyHash, KeyRecord)>, StoreError> {
+        let hashes: Vec<KeyHash> = match owner {
+            None => self.scan_hashes().await?,
+            Some(owner) => self.owner_hashes(owner).await?,
+        };
+        let mut out = Vec::with_capacity(hashes.len());
+        for (hash, fields) in self.fetch_records(&hashes).await? {
+            let Some(fields) = fields else { continue };
+            // One bad record (written by some other system) must not hide
+            // every other key from the operator; it is logged instead.
+            let Ok(record) = parse_logged(&hash, &fields) else {
+                continue;
+            };
+            if owner.is_some_and(|o| record.owner != o) {
+                continue;
+            }
+            out.push((hash, record));
+        }
+        sort_listing(&mut out);
+        Ok(out)
+    }
+
+    async fn insert(&self, hash: &KeyHash, record: &KeyRecord) -> Result<(), StoreError> {
+        super::check_record(record).map_err(|p| StoreError::Invalid(p.to_string()))?;
+        let (key, id_key, owner_key) = (
+            self.key_of(hash),
+            self.id_key(&record.id),
+            self.owner_key(&record.owner),
+        );
+        let hex = hash.to_hex();
+        let fields = fields_of(record);
+        let script = &self.inner.insert_script;
+        let outcome: i64 = self
+            .run("insert", false, |mut c| {
+                let mut call = script.key(&key);
+                call.key(&id_key).key(&owner_key).arg(&hex).arg(&record.id);
+                for (name, value) in &fields {
+                    call.arg(*name).arg(value);
+                }
+                async move { call.invoke_async(&mut c).await }
+            })
+            .await?;
+        match outcome {
+            0 => Ok(()),
+            1 => Err(StoreError::Conflict(
+                "a key with the same hash exists already".to_owned(),
+            )),
+            _ => Err(StoreError::Conflict(format!(
+                "a key with id {:?} exists already",
+                record.id
+            ))),
+        }
+    }
+
+    async fn revoke(&self, id: &str, at: u64) -> Result<KeyRecord, StoreError> {
+        self.modify(id, "revoke", Some(at)).await
+    }
+
+    async fn set_expires_at(&self, id: &str, at: Option<u64>) -> Result<KeyRecord, StoreError> {
+        match at {
+            Some(at) => self.modify(id, "expire", Some(at)).await,
+            None => self.modify(id, "unexpire", None).await,
+        }
+    }
+
+    async fn touch_last_used(&self, batch: &[(KeyHash, u64)]) -> Result<(), StoreError> {
+        for chunk in batch.chunks(BATCH) {
+            let mut pipe = ::redis::pipe();
+            for (hash, at) in chunk {
+                // EVAL rather than EVALSHA: a pipeline can't recover from
+                // NOSCRIPT after a Redis restart, and Redis caches the
+                // compiled script by its text's digest anyway.
+                pipe.cmd("EVAL")
+                    .arg(TOUCH_LUA)
+                    .arg(1)
+                    .arg(self.key_of(hash))
+                    .arg(*at)
+                    .ignore();
+            }
+            self.run("touch_last_used", true, |mut c| {
+                let pipe = &pipe;
+                async move { pipe.query_async::<()>(&mut c).await }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run("ping", true, |mut c| async move {
+            ::redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+impl RedisStore {
+    /// Every `{p}key:{hex}` (SCAN, so Redis keeps serving meanwhile; fine
+    /// for an operator's listing, never used on the request path).
+    async fn scan_hashes(&self) -> Result<Vec<KeyHash>, StoreError> {
+        let key_prefix = format!("{}key:", self.inner.prefix);
+        let pattern = format!("{}*", glob_escape(&key_prefix));
+        // SCAN may return a key twice; the set also sorts.
+        let mut found = BTreeSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .run("list", true, |mut c| {
+                    let pattern = &pattern;
+                    async move {
+                        ::redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .query_async(&mut c)
+                            .await
+                    }
+                })
+                .await?;
+            found.extend(
+                keys.iter()
+                    .filter_map(|k| k.strip_prefix(&key_prefix))
+                    .filter_map(KeyHash::from_hex),
+            );
+            if next == 0 {
+                return Ok(found.into_iter().collect());
+            }
+            cursor = next;
+        }
+    }
+
+    /// The hashes of the ids in `{p}owner:{owner}`; ids whose index is gone
+    /// are skipped.
+    async fn owner_hashes(&self, owner: &str) -> Result<Vec<KeyHash>, StoreError> {
+        let set = self.owner_key(owner);
+        let ids: Vec<String> = self
+            .run("list", true, |mut c| {
+                let set = &set;
+                async move { ::redis::cmd("SMEMBERS").arg(set).query_async(&mut c).await }
+            })
+            .await?;
+        let mut hashes = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(BATCH) {
+            let mut pipe = ::redis::pipe();
+            for id in chunk {
+                pipe.cmd("GET").arg(self.id_key(id));
+            }
+            let hexes: Vec<Option<String>> = self
+                .run("list", true, |mut c| {
+                    let pipe = &pipe;
+                    async move { pipe.query_async(&mut c).await }
+                })
+                .await?;
+            hashes.extend(
+                hexes
+                    .iter()
+                    .flatten()
+                    .filter_map(|h| KeyHash::from_hex(h.trim())),
+            );
+        }
+        Ok(hashes)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Records <-> hash fields
+
+/// The hash fields of a record: only the fields that are set (absent
+/// `expires_at` = never, absent `revoked_at` = active, SPEC §4).
+fn fields_of(r: &KeyRecord) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        ("id", r.id.clone()),
+        ("name", r.name.clone()),
+        ("owner", r.owner.clone()),
+        ("scopes", r.scopes.join(" ")),
+        ("created_at", r.created_at.to_string()),
+        ("display_prefix", r.display_prefix.clone()),
+    ];
+    let optional = [
+        ("env", r.env.clone()),
+        ("plan", r.plan.clone()),
+        ("description", r.description.clone()),
+        ("expires_at", r.expires_at.map(|t| t.to_string())),
+        ("revoked_at", r.revoked_at.map(|t| t.to_string())),
+        ("last_used_at", r.last_used_at.map(|t| t.to_string())),
+    ];
+    fields.extend(optional.into_iter().filter_map(|(n, v)| v.map(|v| (n, v))));
+    fields
+}
+
+/// Reads a record as another system may have written it: missing optional
+/// fields are `None`, empty `env`/`plan`/`description` are `None`, `scopes`
+/// splits on whitespace (and commas), times are decimal Unix seconds (a
+/// fraction is dropped). Without `id` or `owner` it is not a record.
+///
+/// Scope names that SPEC §10 does not allow are dropped (and returned, to be
+/// logged) rather than forwarded to the upstream. Unknown fields are ignored.
+pub(crate) fn parse_record(
+    fields: &HashMap<String, String>,
+) -> Result<(KeyRecord, Vec<String>), String> {
+    let text = |name: &str| fields.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let time = |name: &str| -> Result<Option<u64>, String> {
+        let Some(v) = text(name) else { return Ok(None) };
+        let whole = match v.split_once('.') {
+            Some((whole, frac)) if frac.bytes().all(|b| b.is_ascii_digit()) => whole,
+            _ => v,
+        };
+        whole
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| format!("field {name}: {v:?} is not a Unix time in seconds"))
+    };
+    let (mut scopes, mut dropped) = (Vec::new(), Vec::new());
+    for scope in text("scopes")
+        .unwrap_or_default()
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|s| !s.is_empty())
+    {
+        if crate::config::is_valid_scope(scope) {
+            scopes.push(scope.to_owned());
+        } else {
+            dropped.push(scope.to_owned());
+        }
+    }
+    let record = KeyRecord {
+        id: text("id").ok_or("no id field")?.to_owned(),
+        name: text("name").unwrap_or_default().to_owned(),
+        owner: text("owner").ok_or("no owner field")?.to_owned(),
+        env: text("env").map(str::to_owned),
+        scopes,
+        plan: text("plan").map(str::to_owned),
+        created_at: time("created_at")?.unwrap_or(0),
+        expires_at: time("expires_at")?,
+        revoked_at: time("revoked_at")?,
+        description: text("description").map(str::to_owned),
+        display_prefix: text("display_prefix").unwrap_or_default().to_owned(),
+        last_used_at: time("last_used_at")?,
+    };
+    super::check_record(&record).map_err(|p| p.to_string())?;
+    Ok((record, dropped))
+}
+
+/// [`parse_record`], logging what it refuses or drops (by hash, which is not
+/// secret; never by key).
+fn parse_logged(hash: &KeyHash, fields: &HashMap<String, String>) -> Result<KeyRecord, StoreError> {
+    match parse_record(fields) {
+        Ok((record, dropped)) => {
+            if !dropped.is_empty() {
+                tracing::warn!(key_hash = %hash, key_id = %record.id, dropped = ?dropped, "ignoring scopes that are not valid scope names");
+            }
+            Ok(record)
+        }
+        Err(why) => {
+            tracing::warn!(key_hash = %hash, error = %why, "unreadable key record in Redis");
+            Err(StoreError::Invalid(format!("key record {hash}: {why}")))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers
+
+/// An error worth failing the store over: the connection, not the data.
+fn is_connection_error(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::BusyLoadingError
+                | ErrorKind::TryAgain
+                | ErrorKind::MasterDown
+                | ErrorKind::ClusterDown
+        )
+}
+
+/// A Redis error as text, with any URL password masked (redis-rs errors may
+/// quote the connection address).
+fn describe(e: &RedisError) -> String {
+    crate::config::redact_urls_in(&e.to_string())
+}
+
+/// Escapes SCAN's glob characters in a literal prefix.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Exponential backoff with jitter: each delay is drawn from [d/2, d], d
+/// doubling from `min` to `max`, so replicas that lost Redis together don't
+/// reconnect in lockstep.
+pub(crate) struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new((min, max): (Duration, Duration)) -> Backoff {
+        Backoff { next: min, max }
+    }
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (d * 2).min(self.max);
+        let half = d / 2;
+        half + rand::rng().random_range(Duration::ZERO..=half)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn benchmark_style_fields_parse_with_defaults_for_the_rest() {
+        let (r, dropped) = parse_record(&map(&[
+            ("id", "key_1"),
+            ("name", "bench"),
+            ("owner", "acme"),
+            ("env", "live"),
+            ("scopes", "jobs:read jobs:write"),
+            ("plan", "free"),
+            ("created_at", "1793491200"),
+            ("display_prefix", "kw_live_abcd"),
+        ]))
+        .expect("parses");
+        assert!(dropped.is_empty());
+        assert_eq!(
+            r,
+            KeyRecord {
+                id: "key_1".into(),
+                name: "bench".into(),
+                owner: "acme".into(),
+                env: Some("live".into()),
+                scopes: vec!["jobs:read".into(), "jobs:write".into()],
+                plan: Some("free".into()),
+                created_at: 1_793_491_200,
+                expires_at: None,
+                revoked_at: None,
+                description: None,
+                display_prefix: "kw_live_abcd".into(),
+                last_used_at: None,
+            }
+        );
+    }
+
+    #[test]
+    fn lenient_forms_other_writers_use_are_accepted() {
+        let (r, _) = parse_record(&map(&[
+            ("id", "key_1"),
+            ("owner", "acme"),
+            ("env", ""),
+            ("plan", ""),
+            ("description", ""),
+            ("scopes", "  a:read,b:write\tc  "),
+            ("created_at", " 1700000000.75 "),
+            ("expires_at", ""),
+            ("revoked_at", "1700000001"),
+            ("some_other_system_field", "x"),
+        ]))
+        .expect("parses");
+        assert_eq!((r.env, r.plan, r.description), (None, None, None));
+        assert_eq!(r.scopes, ["a:read", "b:write", "c"]);
+        assert_eq!(r.created_at, 1_700_000_000);
+        assert_eq!((r.expires_at, r.revoked_at), (None, Some(1_700_000_001)));
+        assert_eq!((r.name.as_str(), r.display_prefix.as_str()), ("", ""));
+    }
+
+    #[test]
+    fn a_record_without_id_or_owner_or_with_a_bad_time_is_invalid() {
+        assert!(parse_record(&map(&[("owner", "acme")])).is_err());
+        assert!(parse_record(&map(&[("id", "key_1")])).is_err());
+        assert!(parse_record(&map(&[("id", " "), ("owner", "acme")])).is_err());
+        let err = parse_record(&map(&[("id", "k"), ("owner", "o"), ("expires_at", "soon")]))
+            .expect_err("bad time");
+        assert!(err.contains("expires_at"), "{err}");
+        assert!(parse_record(&map(&[("id", "k"), ("owner", "o"), ("created_at", "-5")])).is_err());
+        assert!(parse_record(&map(&[("id", "k\r\nX-Evil: 1"), ("owner", "o")])).is_err());
+    }
+
+    #[test]
+    fn scopes_that_are_not_scope_names_are_dropped_not_forwarded() {
+        let (r, dropped) = parse_record(&map(&[
+            ("id", "k"),
+            ("owner", "o"),
+            ("scopes", "jobs:read * Admin:All"),
+        ]))
+        .expect("parses");
+        assert_eq!(r.scopes, ["jobs:read"]);
+        assert_eq!(dropped, ["*", "Admin:All"]);
+    }
+
+    #[test]
+    fn fields_written_round_trip_through_the_parser() {
+        let r = KeyRecord {
+            id: "key_1".into(),
+            name: "ci runner".into(),
+            owner: "acme".into(),
+            env: Some("test".into()),
+            scopes: vec!["jobs:read".into()],
+            plan: None,
+            created_at: 5,
+            expires_at: Some(6),
+            revoked_at: None,
+            description: Some("multi word".into()),
+            display_prefix: "kw_test_abcd".into(),
+            last_used_at: Some(7),
+        };
+        let fields = fields_of(&r);
+        let names: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
+        assert!(
+            !names.contains(&"plan") && !names.contains(&"revoked_at"),
+            "{names:?}"
+        );
+        let as_map = fields.into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
+        assert_eq!(parse_record(&as_map).expect("parses").0, r);
+    }
+
+    #[test]
+    fn scan_patterns_escape_glob_characters_of_the_prefix() {
+        assert_eq!(glob_escape("keyward:key:"), "keyward:key:");
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter_in_the_upper_half() {
+        let mut b = Backoff::new((Duration::from_millis(100), Duration::from_secs(5)));
+        let mut ceiling = Duration::from_millis(100);
+        for _ in 0..12 {
+            let d = b.next_delay();
+            assert!(
+                d >= ceiling / 2 && d <= ceiling,
+                "{d:?} outside [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
+            ceiling = (ceiling * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    #[test]
+    fn cluster_config_is_refused_as_not_built_yet() {
+        let config = RedisConfig {
+            url: None,
+            cluster_nodes: vec!["redis://a:1".into()],
+            ..RedisConfig::default()
+        };
+        let err = RedisStore::new(&config).expect_err("cluster");
+        assert!(
+            matches!(err, StoreError::Unavailable(ref m) if m.contains("cluster")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_url_error_never_shows_the_password() {
+        let config = RedisConfig {
+            url: Some("redis://user:hunter2@[bad".into()),
+            ..RedisConfig::default()
+        };
+        let err = RedisStore::new(&config).expect_err("bad url").to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}
