@@ -30,6 +30,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod proxy;
 pub mod runtime;
 pub mod server;

@@ -20,10 +20,7 @@ fn start(upstream: &EchoUpstream, extra: &str) -> Keyward {
 
 fn assert_problem(resp: &Response, status: u16, code: &str) {
     assert_eq!(resp.status, status, "body: {}", resp.text());
-    assert_eq!(
-        resp.header("content-type"),
-        Some("application/problem+json")
-    );
+    assert_eq!(resp.header("content-type"), Some("application/problem+json"));
     let v = resp.json();
     assert_eq!(v["status"], status);
     assert_eq!(v["code"], code);
@@ -121,11 +118,7 @@ fn hop_by_hop_headers_and_connection_nominees_never_reach_the_upstream() {
         "x-original-url",
         "x-http-method-override",
     ] {
-        assert!(
-            !rec.has_header(gone),
-            "{gone} reached the upstream: {:?}",
-            rec.headers
-        );
+        assert!(!rec.has_header(gone), "{gone} reached the upstream: {:?}", rec.headers);
     }
     assert_eq!(rec.header("x-keep-me"), Some("2"));
     assert_eq!(rec.header("host"), Some("api.example"));
@@ -135,18 +128,12 @@ fn hop_by_hop_headers_and_connection_nominees_never_reach_the_upstream() {
 fn hop_by_hop_response_headers_never_reach_the_client() {
     let up = EchoUpstream::start();
     let kw = start(&up, "");
-    let raw = h::raw_one(
-        kw.addr(),
-        b"GET /hop HTTP/1.1\r\nHost: t\r\n\r\n",
-        Duration::from_secs(5),
-    );
+    let raw =
+        h::raw_one(kw.addr(), b"GET /hop HTTP/1.1\r\nHost: t\r\n\r\n", Duration::from_secs(5));
     let (status, headers, _) = h::parse_raw_response(&raw);
     assert_eq!(status, 200);
     let has = |n: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
-    assert!(
-        !has("x-hop-resp") && !has("keep-alive") && !has("proxy-connection"),
-        "{headers:?}"
-    );
+    assert!(!has("x-hop-resp") && !has("keep-alive") && !has("proxy-connection"), "{headers:?}");
     assert!(has("x-end-to-end"));
 }
 
@@ -166,23 +153,13 @@ async fn forwarded_for_is_appended_and_proto_and_host_are_set() {
     .await;
     assert_eq!(resp.status, 200);
     let rec = up.last().expect("recorded");
-    assert_eq!(
-        rec.header_all("x-forwarded-for"),
-        vec!["203.0.113.7, 127.0.0.1"]
-    );
+    assert_eq!(rec.header_all("x-forwarded-for"), vec!["203.0.113.7, 127.0.0.1"]);
     assert_eq!(rec.header("x-forwarded-proto"), Some("http"));
     assert_eq!(rec.header("x-forwarded-host"), Some("api.example:8443"));
-    assert_eq!(
-        rec.header("host"),
-        Some("api.example:8443"),
-        "Host is forwarded unchanged"
-    );
+    assert_eq!(rec.header("host"), Some("api.example:8443"), "Host is forwarded unchanged");
 
     h::get(&kw.url("/x"), &[]).await;
-    assert_eq!(
-        up.last().expect("recorded").header("x-forwarded-for"),
-        Some("127.0.0.1")
-    );
+    assert_eq!(up.last().expect("recorded").header("x-forwarded-for"), Some("127.0.0.1"));
 }
 
 #[tokio::test]
@@ -191,22 +168,13 @@ async fn valid_request_id_is_kept_both_ways_and_others_replaced() {
     let kw = start(&up, "");
     let resp = h::get(&kw.url("/x"), &[("X-Request-Id", "abc-123_DEF.4")]).await;
     assert_eq!(resp.header("x-request-id"), Some("abc-123_DEF.4"));
-    assert_eq!(
-        up.last().expect("recorded").header("x-request-id"),
-        Some("abc-123_DEF.4")
-    );
+    assert_eq!(up.last().expect("recorded").header("x-request-id"), Some("abc-123_DEF.4"));
 
     let resp = h::get(&kw.url("/x"), &[("X-Request-Id", "bad id with spaces")]).await;
-    let generated = resp
-        .header("x-request-id")
-        .expect("generated id")
-        .to_string();
+    let generated = resp.header("x-request-id").expect("generated id").to_string();
     assert_ne!(generated, "bad id with spaces");
     assert_eq!(generated.len(), 32);
-    assert_eq!(
-        up.last().expect("recorded").header_all("x-request-id"),
-        vec![generated.as_str()]
-    );
+    assert_eq!(up.last().expect("recorded").header_all("x-request-id"), vec![generated.as_str()]);
 
     let a = h::get(&kw.url("/x"), &[]).await;
     let b = h::get(&kw.url("/x"), &[]).await;
@@ -246,11 +214,7 @@ async fn slow_upstream_is_504_after_request_timeout() {
     let started = Instant::now();
     let resp = h::get(&kw.url("/slow?ms=3000"), &[]).await;
     assert_problem(&resp, 504, "upstream_timeout");
-    assert!(
-        started.elapsed() < Duration::from_millis(2500),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_millis(2500), "took {:?}", started.elapsed());
     assert_eq!(h::get(&kw.url("/slow?ms=10"), &[]).await.status, 200);
 }
 
@@ -272,11 +236,7 @@ async fn bodies_over_max_body_bytes_get_413_declared_or_streamed() {
     let kw = start(&up, "limits: {max_body_bytes: 1000}\n");
     let resp = h::request("POST", &kw.url("/x"), &[], Bytes::from(vec![b'a'; 2000])).await;
     assert_problem(&resp, 413, "body_too_large");
-    assert_eq!(
-        up.count(),
-        0,
-        "a declared oversize body is refused before forwarding"
-    );
+    assert_eq!(up.count(), 0, "a declared oversize body is refused before forwarding");
 
     // Chunked: no Content-Length, so the limit trips while streaming.
     let mut req =
@@ -339,11 +299,7 @@ async fn http2_prior_knowledge_is_served_and_forwarded_as_http11() {
     let rec = up.last().expect("recorded");
     assert_eq!(rec.raw_target, "/h2?x=1");
     assert_eq!(rec.version, http::Version::HTTP_11);
-    assert_eq!(
-        rec.header("host"),
-        Some(kw.addr().to_string().as_str()),
-        "authority becomes Host"
-    );
+    assert_eq!(rec.header("host"), Some(kw.addr().to_string().as_str()), "authority becomes Host");
 }
 
 #[test]
@@ -359,10 +315,7 @@ fn websocket_upgrade_is_tunnelled_after_upstream_101() {
     let head = h::read_head(&mut s, Duration::from_secs(5));
     let head = String::from_utf8_lossy(&head).to_string();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(
-        head.to_ascii_lowercase().contains("upgrade: websocket"),
-        "{head}"
-    );
+    assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
     s.write_all(b"ping-through-the-tunnel").unwrap();
     let mut buf = [0u8; 23];
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -377,17 +330,12 @@ fn slow_request_heads_are_cut_off_after_header_read_timeout() {
     let up = EchoUpstream::start();
     let kw = start(&up, "limits: {header_read_timeout: 300ms}\n");
     let mut s = h::connect(kw.addr(), Duration::from_secs(5));
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nX-Slow: ")
-        .unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nX-Slow: ").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let started = Instant::now();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf); // EOF (or reset) once keyward gives up
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "connection held {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(3), "connection held {:?}", started.elapsed());
     assert_eq!(up.count(), 0);
 }
 
@@ -397,18 +345,12 @@ fn sigterm_drains_an_in_flight_request_then_exits_0() {
     let mut kw = start(&up, "shutdown_grace: 10s\n");
     let url = kw.url("/slow?ms=1500");
     let inflight = std::thread::spawn(move || h::get_blocking(&url, &[]));
-    assert!(
-        up.wait_for_count(1, Duration::from_secs(5)),
-        "request reached the upstream"
-    );
+    assert!(up.wait_for_count(1, Duration::from_secs(5)), "request reached the upstream");
     assert!(kw.signal("TERM"));
     // New connections are refused soon after the signal...
     let addr = kw.addr();
     assert!(
-        support::wait_until(Duration::from_secs(3), || std::net::TcpStream::connect(
-            addr
-        )
-        .is_err()),
+        support::wait_until(Duration::from_secs(3), || std::net::TcpStream::connect(addr).is_err()),
         "listener still accepting after SIGTERM"
     );
     // ...while the in-flight request completes normally.
@@ -433,11 +375,7 @@ fn sigterm_gives_up_after_shutdown_grace() {
     assert!(kw.signal("TERM"));
     let status = kw.wait_exit(Duration::from_secs(10)).expect("exited");
     assert_eq!(status.code(), Some(0));
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -455,20 +393,13 @@ async fn admin_listener_serves_health_readiness_and_parsable_metrics() {
     let allowed = support::metrics::sum(
         &text,
         "keyward_requests_total",
-        &[
-            ("route", "unmatched"),
-            ("method", "GET"),
-            ("outcome", "allowed"),
-        ],
+        &[("route", "unmatched"), ("method", "GET"), ("outcome", "allowed")],
     );
     assert_eq!(allowed, Some(1.0), "{text}");
     let rejected =
         support::metrics::sum(&text, "keyward_requests_total", &[("outcome", "rejected")]);
     assert_eq!(rejected, Some(1.0));
-    assert!(support::metrics::has_metric(
-        &text,
-        "keyward_request_duration_seconds_bucket"
-    ));
+    assert!(support::metrics::has_metric(&text, "keyward_request_duration_seconds_bucket"));
     assert!(support::metrics::has_metric(&text, "keyward_build_info"));
 }
 
@@ -476,25 +407,18 @@ async fn admin_listener_serves_health_readiness_and_parsable_metrics() {
 async fn one_access_log_event_per_request_without_the_query() {
     let up = EchoUpstream::start();
     let kw = start(&up, "");
-    let resp = h::get(
-        &kw.url("/logged/path?api_key=kw_live_secret"),
-        &[("X-Request-Id", "log-test-1")],
-    )
-    .await;
+    let resp =
+        h::get(&kw.url("/logged/path?api_key=kw_live_secret"), &[("X-Request-Id", "log-test-1")])
+            .await;
     assert_eq!(resp.status, 200);
-    let ev = kw
-        .wait_for_event("request", 1, Duration::from_secs(5))
-        .expect("access log event");
+    let ev = kw.wait_for_event("request", 1, Duration::from_secs(5)).expect("access log event");
     let f = |n: &str| support::keyward::field(&ev, n).cloned().unwrap_or_default();
     assert_eq!(f("method"), "GET");
     assert_eq!(f("path"), "/logged/path");
     assert_eq!(f("status"), 200);
     assert_eq!(f("request_id"), "log-test-1");
     assert!(f("duration_ms").as_f64().is_some());
-    assert!(
-        kw.output_containing("kw_live_secret").is_empty(),
-        "the query string was logged"
-    );
+    assert!(kw.output_containing("kw_live_secret").is_empty(), "the query string was logged");
 }
 
 #[test]
@@ -507,36 +431,24 @@ fn check_config_exits_0_with_a_summary_and_2_naming_the_unknown_field() {
     )
     .unwrap();
     let out = support::keyward::run(&["check-config", "--config", good.to_str().unwrap()]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("/v1/**"), "{stdout}");
 
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(
-        &bad,
-        "upstream:\n  url: \"http://127.0.0.1:3000\"\n  conect_timeout: 2s\n",
-    )
-    .unwrap();
+    std::fs::write(&bad, "upstream:\n  url: \"http://127.0.0.1:3000\"\n  conect_timeout: 2s\n")
+        .unwrap();
     let out = support::keyward::run(&["check-config", "--config", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&format!("{}:3:3", bad.display())),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("{}:3:3", bad.display())), "{stderr}");
     assert!(stderr.contains("upstream.conect_timeout"), "{stderr}");
 }
 
 #[test]
 fn serve_with_a_broken_config_exits_2_and_flags_beat_the_file() {
-    let out = Keyward::builder()
-        .config("listen: [not an address\n")
-        .run_to_exit(Duration::from_secs(20));
+    let out =
+        Keyward::builder().config("listen: [not an address\n").run_to_exit(Duration::from_secs(20));
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("keyward.yaml:"),
@@ -559,11 +471,6 @@ fn shipped_configs_pass_check_config() {
     for file in ["config/quickstart.yaml", "config/keyward.example.yaml"] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
         let out = support::keyward::run(&["check-config", "--config", path.to_str().unwrap()]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{file}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_eq!(out.status.code(), Some(0), "{file}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }

@@ -102,16 +102,8 @@ pub fn extract_presented<'a>(
 
     // Duplicates first: an ambiguous request is refused as such even if one
     // of its copies is also malformed.
-    let authorization = if want_bearer {
-        single(headers, &AUTHORIZATION)?
-    } else {
-        None
-    };
-    let x_api_key = if want_x_api_key {
-        single(headers, &X_API_KEY)?
-    } else {
-        None
-    };
+    let authorization = if want_bearer { single(headers, &AUTHORIZATION)? } else { None };
+    let x_api_key = if want_x_api_key { single(headers, &X_API_KEY)? } else { None };
 
     let bearer = match authorization {
         Some(v) => bearer_token(v)?,
@@ -252,10 +244,7 @@ mod tests {
         let h = headers(&[("authorization", b"Bearer kw_abc")]);
         assert_eq!(extract(&h, &[KeySource::XApiKey]), Ok(None));
         // Not even their duplicates or malformations count.
-        let h = headers(&[
-            ("authorization", b"Bearer a"),
-            ("authorization", b"Bearer b"),
-        ]);
+        let h = headers(&[("authorization", b"Bearer a"), ("authorization", b"Bearer b")]);
         assert_eq!(extract(&h, &[KeySource::XApiKey]), Ok(None));
         let h = headers(&[("x-api-key", b"")]);
         assert_eq!(extract(&h, &[KeySource::AuthorizationBearer]), Ok(None));
@@ -264,10 +253,7 @@ mod tests {
 
     #[test]
     fn same_value_in_both_sources_is_one_credential() {
-        let h = headers(&[
-            ("authorization", b"Bearer kw_abc"),
-            ("x-api-key", b"kw_abc"),
-        ]);
+        let h = headers(&[("authorization", b"Bearer kw_abc"), ("x-api-key", b"kw_abc")]);
         assert_eq!(extract(&h, BOTH), key("kw_abc"));
         let p = extract_presented(&h, BOTH).unwrap().unwrap();
         assert!(p.in_x_api_key && p.in_authorization);
@@ -275,10 +261,7 @@ mod tests {
 
     #[test]
     fn different_values_in_both_sources_are_ambiguous() {
-        let h = headers(&[
-            ("authorization", b"Bearer kw_abc"),
-            ("x-api-key", b"kw_xyz"),
-        ]);
+        let h = headers(&[("authorization", b"Bearer kw_abc"), ("x-api-key", b"kw_xyz")]);
         assert_eq!(extract(&h, BOTH), Err(ExtractError::Ambiguous));
         assert_eq!(ExtractError::Ambiguous.code(), "ambiguous_credentials");
     }
@@ -294,30 +277,19 @@ mod tests {
             ("x-api-key", "kw_abc", ""),
         ] {
             let h = headers(&[(name, a.as_bytes()), (name, b.as_bytes())]);
-            assert_eq!(
-                extract(&h, BOTH),
-                Err(ExtractError::Ambiguous),
-                "{name}: {a} / {b}"
-            );
+            assert_eq!(extract(&h, BOTH), Err(ExtractError::Ambiguous), "{name}: {a} / {b}");
         }
     }
 
     #[test]
     fn other_authorization_schemes_are_left_to_the_upstream() {
-        for value in [
-            "Basic dXNlcjpwYXNz",
-            "Digest username=\"x\"",
-            "Bearerkw_abc",
-            "Token kw_abc",
-        ] {
+        for value in ["Basic dXNlcjpwYXNz", "Digest username=\"x\"", "Bearerkw_abc", "Token kw_abc"]
+        {
             let h = headers(&[("authorization", value.as_bytes())]);
             assert_eq!(extract(&h, BOTH), Ok(None), "{value}");
         }
         // ... and don't stop an X-API-Key from being the credential.
-        let h = headers(&[
-            ("authorization", b"Basic dXNlcjpwYXNz"),
-            ("x-api-key", b"kw_abc"),
-        ]);
+        let h = headers(&[("authorization", b"Basic dXNlcjpwYXNz"), ("x-api-key", b"kw_abc")]);
         let p = extract_presented(&h, BOTH).unwrap().unwrap();
         assert_eq!(p.credential, Credential::ApiKey("kw_abc"));
         assert!(!p.in_authorization, "the Basic header must be forwarded");
@@ -325,13 +297,9 @@ mod tests {
 
     #[test]
     fn empty_or_multi_token_or_non_ascii_bearer_is_malformed() {
-        for value in [
-            &b"Bearer"[..],
-            b"Bearer ",
-            b"bearer    ",
-            b"Bearer a b",
-            b"Bearer kw_\x80abc",
-        ] {
+        for value in
+            [&b"Bearer"[..], b"Bearer ", b"bearer    ", b"Bearer a b", b"Bearer kw_\x80abc"]
+        {
             let h = headers(&[("authorization", value)]);
             assert_eq!(extract(&h, BOTH), Err(ExtractError::Malformed), "{value:?}");
         }

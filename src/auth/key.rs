@@ -133,10 +133,7 @@ impl KeyFormat {
             }
             self.parse_strict(presented).ok().flatten()
         };
-        Ok(ParsedKey {
-            key: presented,
-            env,
-        })
+        Ok(ParsedKey { key: presented, env })
     }
 
     /// `{prefix}_{env}_{random}{checksum}` (or without `{env}_`), checksum
@@ -176,9 +173,9 @@ impl KeyFormat {
     fn check_env<'e>(&self, env: Option<&'e str>) -> Result<Option<&'e str>, KeyFormatError> {
         match env {
             None if self.environments.is_empty() => Ok(None),
-            None => Err(KeyFormatError::EnvironmentRequired {
-                known: self.environments.join(", "),
-            }),
+            None => {
+                Err(KeyFormatError::EnvironmentRequired { known: self.environments.join(", ") })
+            }
             Some(e) if self.environments.is_empty() => {
                 Err(KeyFormatError::NoEnvironments { env: e.to_owned() })
             }
@@ -194,10 +191,7 @@ impl KeyFormat {
 /// The checksum of `body` (everything before the checksum, e.g.
 /// `kw_live_<random>`): CRC32 (IEEE, zlib's) in 6 base62 digits.
 pub fn checksum(body: &str) -> String {
-    checksum_digits(body)
-        .iter()
-        .map(|&b| char::from(b))
-        .collect()
+    checksum_digits(body).iter().map(|&b| char::from(b)).collect()
 }
 
 /// The checksum without allocating, for the request path.
@@ -285,19 +279,13 @@ mod tests {
     // and base62 via `b62` in /work/shared/bench/lib/gen_keys.py.
     #[test]
     fn checksum_matches_python_zlib_crc32_in_base62() {
-        assert_eq!(
-            crc32fast::hash(format!("kw_live_{}", "a".repeat(32)).as_bytes()),
-            2815394214
-        );
+        assert_eq!(crc32fast::hash(format!("kw_live_{}", "a".repeat(32)).as_bytes()), 2815394214);
         assert_eq!(checksum(&format!("kw_live_{}", "a".repeat(32))), "34X6e6");
         assert_eq!(checksum(&format!("kw_test_{}", "0".repeat(32))), "2IsIbM");
         assert_eq!(checksum(&format!("kw_{}", "Z".repeat(32))), "1cUN6j");
         assert_eq!(checksum("spoo_abcdefghijklmnopqrstuvwxyz012345"), "3EH0mi");
         // CRC 10046564 < 62^4: two leading zeros of padding.
-        assert_eq!(
-            checksum("kw_live_00000000000000000000000000000363"),
-            "00g9ZM"
-        );
+        assert_eq!(checksum("kw_live_00000000000000000000000000000363"), "00g9ZM");
     }
 
     #[test]
@@ -319,14 +307,7 @@ mod tests {
             ("kw_live_eby3abP3E2Zs8IQ9Y7aJZqhB6baeCN6Z2vOlnx", "live"),
             ("kw_test_j4a3dDVhYRnKTbxTNJFoBinF5aJXVuLk0eN7Dr", "test"),
         ] {
-            assert_eq!(
-                f.parse(key),
-                Ok(ParsedKey {
-                    key,
-                    env: Some(env)
-                }),
-                "{key}"
-            );
+            assert_eq!(f.parse(key), Ok(ParsedKey { key, env: Some(env) }), "{key}");
         }
     }
 
@@ -399,10 +380,7 @@ mod tests {
         assert_eq!(key.len(), 3 + 38);
         assert_eq!(f.parse(&key).unwrap().env, None);
         // An env-carrying key is not of this format, and vice versa.
-        assert_eq!(
-            f.parse("kw_live_Ky9Pf34qY6Nb3wWD25RQ4F5ZR3qa7yEe3mFFO2"),
-            Err(Malformed)
-        );
+        assert_eq!(f.parse("kw_live_Ky9Pf34qY6Nb3wWD25RQ4F5ZR3qa7yEe3mFFO2"), Err(Malformed));
         assert_eq!(live_test().parse(&key), Err(Malformed));
     }
 
@@ -425,13 +403,7 @@ mod tests {
     #[test]
     fn without_require_checksum_any_visible_ascii_key_is_accepted() {
         let f = format(&["live", "test"], false);
-        assert_eq!(
-            f.parse("legacy-key-123"),
-            Ok(ParsedKey {
-                key: "legacy-key-123",
-                env: None
-            })
-        );
+        assert_eq!(f.parse("legacy-key-123"), Ok(ParsedKey { key: "legacy-key-123", env: None }));
         // Our own keys still report their environment.
         let key = "kw_live_Ky9Pf34qY6Nb3wWD25RQ4F5ZR3qa7yEe3mFFO2";
         assert_eq!(f.parse(key).unwrap().env, Some("live"));
@@ -455,9 +427,7 @@ mod tests {
     #[test]
     fn a_thousand_generated_keys_are_distinct_and_base62() {
         let f = live_test();
-        let keys: HashSet<String> = (0..1000)
-            .map(|_| f.generate(Some("live")).unwrap())
-            .collect();
+        let keys: HashSet<String> = (0..1000).map(|_| f.generate(Some("live")).unwrap()).collect();
         assert_eq!(keys.len(), 1000);
         for key in &keys {
             let tail = &key["kw_live_".len()..];

@@ -176,13 +176,12 @@ fn check_plan(config: &Config, plan: Option<&str>) -> Result<(), KeysError> {
     }
 }
 
-/// Runs one `keys` subcommand; output goes to stdout.
-pub async fn run(config: &Config, cmd: KeysCommand) -> Result<(), KeysError> {
+/// Runs one `keys` subcommand against `store`; output goes to stdout.
+pub async fn run(config: &Config, store: &Store, cmd: KeysCommand) -> Result<(), KeysError> {
     if let KeysCommand::Hash { key } = &cmd {
         println!("{}", KeyHash::of(key).to_hex());
         return Ok(());
     }
-    let store = Store::from_config(&config.store)?;
     store.wait_until_up(Duration::from_secs(5)).await?;
     let format = KeyFormat::new(&config.keys);
     let now = clock::unix_seconds();
@@ -198,7 +197,9 @@ pub async fn run(config: &Config, cmd: KeysCommand) -> Result<(), KeysError> {
             let expires_at = match (a.expires_in, &a.expires_at) {
                 (Some(d), _) => Some(now + d.as_secs()),
                 (None, Some(s)) => Some(parse_rfc3339(s).ok_or_else(|| {
-                    usage(format!("--expires-at: {s:?} is not an RFC 3339 time like 2027-01-01T00:00:00Z"))
+                    usage(format!(
+                        "--expires-at: {s:?} is not an RFC 3339 time like 2027-01-01T00:00:00Z"
+                    ))
                 })?),
                 (None, None) => None,
             };
@@ -260,7 +261,10 @@ pub async fn run(config: &Config, cmd: KeysCommand) -> Result<(), KeysError> {
                 .await?
                 .ok_or_else(|| usage(format!("no key with id {id:?}")))?;
             if old.state(now) != crate::store::KeyState::Active {
-                return Err(usage(format!("key {id} is {}; only active keys can be rotated", old.state(now).as_str())));
+                return Err(usage(format!(
+                    "key {id} is {}; only active keys can be rotated",
+                    old.state(now).as_str()
+                )));
             }
             let key = format.generate(old.env.as_deref()).map_err(|e| usage(e.to_string()))?;
             let successor = KeyRecord {
@@ -280,11 +284,15 @@ pub async fn run(config: &Config, cmd: KeysCommand) -> Result<(), KeysError> {
             tracing::info!(event = "key.rotated", key_id = %old.id, successor_id = %successor.id, owner = %old.owner, grace_s = grace.as_secs(), "key.rotated");
             print_minted(&key, &successor, json);
             if !json {
-                println!("old key {} expires {}", old.id, format_rfc3339(old_expiry.min(old.expires_at.unwrap_or(u64::MAX))));
+                println!(
+                    "old key {} expires {}",
+                    old.id,
+                    format_rfc3339(old_expiry.min(old.expires_at.unwrap_or(u64::MAX)))
+                );
             }
             Ok(())
         }
-        KeysCommand::Import { file } => import(config, &store, &format, &file, now).await,
+        KeysCommand::Import { file } => import(config, store, &format, &file, now).await,
     }
 }
 
@@ -309,7 +317,9 @@ fn print_minted(key: &str, r: &KeyRecord, json: bool) {
         println!("owner:   {}", r.owner);
         println!("scopes:  {}", r.scopes.join(" "));
         println!("expires: {}", r.expires_at.map(format_rfc3339).unwrap_or_else(|| "never".into()));
-        println!("This is the only time the key is shown. Store it now; keyward keeps only its hash.");
+        println!(
+            "This is the only time the key is shown. Store it now; keyward keeps only its hash."
+        );
     }
 }
 
@@ -408,7 +418,9 @@ async fn import(
     let mut planned = Vec::with_capacity(parsed.keys.len());
     let mut not_keyward = 0usize;
     for (i, e) in parsed.keys.into_iter().enumerate() {
-        let at = |field: &str, msg: String| usage(format!("{}: keys[{i}].{field}: {msg}", file.display()));
+        let at = |field: &str, msg: String| {
+            usage(format!("{}: keys[{i}].{field}: {msg}", file.display()))
+        };
         let (hash, prefix) = match (&e.key, &e.sha256) {
             (Some(k), None) => {
                 if format.parse(k).is_err() {
@@ -417,7 +429,8 @@ async fn import(
                 (KeyHash::of(k), display_prefix(k))
             }
             (None, Some(h)) => {
-                let hash = KeyHash::from_hex(h).ok_or_else(|| at("sha256", "expected 64 hex digits".into()))?;
+                let hash = KeyHash::from_hex(h)
+                    .ok_or_else(|| at("sha256", "expected 64 hex digits".into()))?;
                 (hash, e.display_prefix.clone().unwrap_or_else(|| format!("sha256:{}", &h[..8])))
             }
             _ => return Err(at("key", "give exactly one of key or sha256".into())),
@@ -431,7 +444,10 @@ async fn import(
         let plan = e.plan.or_else(|| parsed.defaults.plan.clone());
         check_plan(config, plan.as_deref()).map_err(|k| at("plan", k.message))?;
         let expires_at = match &e.expires_at {
-            Some(s) => Some(parse_rfc3339(s).ok_or_else(|| at("expires_at", format!("{s:?} is not RFC 3339")))?),
+            Some(s) => Some(
+                parse_rfc3339(s)
+                    .ok_or_else(|| at("expires_at", format!("{s:?} is not RFC 3339")))?,
+            ),
             None => None,
         };
         let record = KeyRecord {

@@ -85,14 +85,10 @@ impl Proxy {
         runtime: Arc<ArcSwap<Runtime>>,
         client: UpstreamClient,
         metrics: Arc<Metrics>,
+        keyring: Arc<Keyring>,
         proto: &'static str,
     ) -> Proxy {
-        Proxy {
-            runtime,
-            client,
-            metrics,
-            proto,
-        }
+        Proxy { runtime, client, metrics, keyring, proto }
     }
 
     /// Handles one request from `peer` to the end: never fails, never panics
@@ -104,23 +100,37 @@ impl Proxy {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let request_id = headers::request_id(req.headers());
+        let mut caller = Caller::default();
 
-        let (mut resp, outcome) = match self.phases(&rt, req, peer, &request_id).await {
+        let result = self.phases(&rt, req, peer, &request_id, &mut caller, started).await;
+        let rid = request_id.to_str().unwrap_or_default();
+        let (mut resp, outcome) = match result {
             Ok(resp) => (resp, Outcome::Allowed),
             Err(deny) => {
-                let rid = request_id.to_str().unwrap_or_default();
-                (
-                    problem::render::<Full<Bytes>>(&deny, rid).map(Either::Right),
-                    deny.outcome(),
-                )
+                if deny.is_auth_denial() {
+                    let record = caller.record.as_deref();
+                    info!(
+                        target: "keyward::audit",
+                        request_id = rid,
+                        route = UNMATCHED,
+                        reason = deny.code(),
+                        key_id = record.map(|r| r.id.as_str()),
+                        display_prefix = record
+                            .map(|r| r.display_prefix.as_str())
+                            .or(caller.display_prefix.as_deref()),
+                        owner = record.map(|r| r.owner.as_str()),
+                        client_ip = %peer.ip(),
+                        "auth.denied"
+                    );
+                }
+                (problem::render::<Full<Bytes>>(&deny, rid).map(Either::Right), deny.outcome())
             }
         };
         resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
 
         // Phase 10, finish: one metric and one access-log event per request.
         let elapsed = started.elapsed();
-        self.metrics
-            .observe_request(UNMATCHED, &method, outcome, elapsed.as_secs_f64());
+        self.metrics.observe_request(UNMATCHED, &method, outcome, elapsed.as_secs_f64());
         info!(
             target: "keyward::access",
             method = %method,
@@ -221,12 +231,7 @@ impl Proxy {
         let host = headers::effective_host(&parts.headers, &parts.uri);
         rt.headers.prepare_request(
             &mut parts.headers,
-            &Forwarding {
-                peer: peer.ip(),
-                proto: self.proto,
-                host: host.as_ref(),
-                websocket,
-            },
+            &Forwarding { peer: peer.ip(), proto: self.proto, host: host.as_ref(), websocket },
         );
         if let Some(h) = host {
             // HTTP/2 clients send `:authority`, not Host; the upstream (HTTP/1.1)
@@ -250,9 +255,7 @@ impl Proxy {
         let sent = clock::now();
         let result =
             tokio::time::timeout(rt.request_timeout, self.client.request(upstream_req)).await;
-        self.metrics
-            .upstream_duration
-            .observe(sent.elapsed().as_secs_f64());
+        self.metrics.upstream_duration.observe(sent.elapsed().as_secs_f64());
         let mut resp = match result {
             Err(_elapsed) => return Err(Deny::UpstreamTimeout),
             Ok(Err(e)) => {
@@ -341,18 +344,12 @@ fn check_method(m: &Method) -> Result<(), Deny> {
 fn check_target(req: &Request<Incoming>) -> Result<(), Deny> {
     let uri = req.uri();
     if !uri.path().starts_with('/') {
-        return Err(Deny::BadRequest(
-            "The request target must be an absolute path",
-        ));
+        return Err(Deny::BadRequest("The request target must be an absolute path"));
     }
     if let (Some(authority), Some(host)) = (uri.authority(), req.headers().get(HOST)) {
-        let same = host
-            .to_str()
-            .is_ok_and(|h| h.eq_ignore_ascii_case(authority.as_str()));
+        let same = host.to_str().is_ok_and(|h| h.eq_ignore_ascii_case(authority.as_str()));
         if !same {
-            return Err(Deny::BadRequest(
-                "The request target's authority does not match Host",
-            ));
+            return Err(Deny::BadRequest("The request target's authority does not match Host"));
         }
     }
     if req.headers().get_all(HOST).iter().nth(1).is_some() {
@@ -376,10 +373,7 @@ fn upstream_uri(rt: &Runtime, uri: &Uri) -> Result<Uri, Deny> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(rt.upstream_scheme.clone());
     parts.authority = Some(rt.upstream_authority.clone());
-    parts.path_and_query = Some(
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
+    parts.path_and_query =
+        Some(uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
     Uri::from_parts(parts).map_err(|_| Deny::BadRequest("The request target is not valid"))
 }

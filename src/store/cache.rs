@@ -160,11 +160,7 @@ impl KeyCache {
         let seq = shard.next_seq;
         shard.next_seq += 1;
         let is_found = matches!(value, Cached::Found(_));
-        let entry = Entry {
-            value,
-            inserted: now,
-            seq,
-        };
+        let entry = Entry { value, inserted: now, seq };
         if let Some(slot) = shard.map.get_mut(&hash) {
             *slot = entry;
         } else {
@@ -306,10 +302,7 @@ mod tests {
     }
 
     fn found(id: &str) -> Cached {
-        Cached::Found(Arc::new(KeyRecord {
-            id: id.to_owned(),
-            ..KeyRecord::default()
-        }))
+        Cached::Found(Arc::new(KeyRecord { id: id.to_owned(), ..KeyRecord::default() }))
     }
 
     fn secs(s: u64) -> Duration {
@@ -328,10 +321,7 @@ mod tests {
         assert_eq!(c.get(&h(1), t0), Lookup::Fresh(found("a")));
         assert_eq!(c.get(&h(1), t0 + TTL - MS), Lookup::Fresh(found("a")));
         assert_eq!(c.get(&h(1), t0 + TTL), Lookup::Stale(found("a")));
-        assert_eq!(
-            c.get(&h(1), t0 + TTL + STALE - MS),
-            Lookup::Stale(found("a"))
-        );
+        assert_eq!(c.get(&h(1), t0 + TTL + STALE - MS), Lookup::Stale(found("a")));
         assert_eq!(c.get(&h(1), t0 + TTL + STALE), Lookup::Miss);
         assert_eq!(c.get(&h(2), t0), Lookup::Miss);
     }
@@ -402,11 +392,7 @@ mod tests {
             let c = KeyCache::new(TTL, NEG, STALE, max);
             let t0 = crate::clock::now();
             for i in 0..10 * max {
-                let v = if i % 3 == 0 {
-                    Cached::Unknown
-                } else {
-                    found("x")
-                };
+                let v = if i % 3 == 0 { Cached::Unknown } else { found("x") };
                 c.insert(h(i), v, t0 + MS * i as u32);
                 assert!(c.len() <= max, "max {max}: {} after {i}", c.len());
             }
@@ -444,11 +430,7 @@ mod tests {
         // Stale entries are not expired: they are kept for outages.
         let t = t0 + TTL + secs(5);
         c.insert(h(5), found("e"), t);
-        assert_eq!(
-            c.get(&h(1), t),
-            Lookup::Miss,
-            "nothing expired: the oldest goes"
-        );
+        assert_eq!(c.get(&h(1), t), Lookup::Miss, "nothing expired: the oldest goes");
         assert_eq!(c.get(&h(3), t), Lookup::Stale(found("c")));
         // Past ttl + stale_ttl, entries count as expired and go first.
         let t = t0 + TTL + STALE + secs(3); // h(3) gone, h(4) and h(5) only stale
@@ -492,11 +474,7 @@ mod tests {
         let c = one_shard(10);
         let t0 = crate::clock::now();
         for i in 0..10_000u32 {
-            let v = if i % 2 == 0 {
-                found("a")
-            } else {
-                Cached::Unknown
-            };
+            let v = if i % 2 == 0 { found("a") } else { Cached::Unknown };
             c.insert(h(1), v, t0 + MS * i);
             c.invalidate(&h(2));
         }

@@ -126,18 +126,12 @@ impl Metrics {
         )
         .expect("static metric definition");
         let config_reloads = IntCounterVec::new(
-            Opts::new(
-                "keyward_config_reloads_total",
-                "Configuration reloads, by result.",
-            ),
+            Opts::new("keyward_config_reloads_total", "Configuration reloads, by result."),
             &["result"],
         )
         .expect("static metric definition");
         let build_info = IntGaugeVec::new(
-            Opts::new(
-                "keyward_build_info",
-                "Always 1; the version label names the running build.",
-            ),
+            Opts::new("keyward_build_info", "Always 1; the version label names the running build."),
             &["version"],
         )
         .expect("static metric definition");
@@ -155,12 +149,18 @@ impl Metrics {
         )
         .expect("static metric definition");
         let key_cache = IntCounterVec::new(
-            Opts::new("keyward_key_cache_total", "Key cache lookups by result (hit, negative_hit, miss, stale)."),
+            Opts::new(
+                "keyward_key_cache_total",
+                "Key cache lookups by result (hit, negative_hit, miss, stale).",
+            ),
             &["result"],
         )
         .expect("static metric definition");
         let store_errors = IntCounterVec::new(
-            Opts::new("keyward_store_errors_total", "Key store operations that failed, by operation."),
+            Opts::new(
+                "keyward_store_errors_total",
+                "Key store operations that failed, by operation.",
+            ),
             &["op"],
         )
         .expect("static metric definition");
@@ -174,9 +174,7 @@ impl Metrics {
             .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0]),
         )
         .expect("static metric definition");
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -190,9 +188,7 @@ impl Metrics {
             Box::new(store_up.clone()),
             Box::new(revocation_lag.clone()),
         ] {
-            registry
-                .register(c)
-                .expect("each collector is registered once");
+            registry.register(c).expect("each collector is registered once");
         }
         Metrics {
             registry,
@@ -213,12 +209,8 @@ impl Metrics {
     /// Count one finished request (called once, from the end of `proxy::handle`).
     pub fn observe_request(&self, route: &str, method: &Method, outcome: Outcome, seconds: f64) {
         let o = outcome.as_str();
-        self.requests
-            .with_label_values(&[route, method_label(method), o])
-            .inc();
-        self.request_duration
-            .with_label_values(&[route, o])
-            .observe(seconds);
+        self.requests.with_label_values(&[route, method_label(method), o]).inc();
+        self.request_duration.with_label_values(&[route, o]).observe(seconds);
     }
 
     /// The Prometheus text exposition of every collector.

@@ -68,10 +68,7 @@ impl ReservedPort {
         socket.set_reuseaddr(true)?;
         socket.bind(loopback(port))?;
         let port = socket.local_addr()?.port();
-        Ok(ReservedPort {
-            port,
-            _socket: socket,
-        })
+        Ok(ReservedPort { port, _socket: socket })
     }
 
     /// Reserves `port`, retrying for up to `timeout`: right after a server
