@@ -13,9 +13,11 @@ use bytes::Bytes;
 use support::http::{self as h, Response};
 use support::keyward::Keyward;
 use support::upstream::{pattern, EchoUpstream};
+use support::{AUTH, AUTH_LINE};
 
+/// keyward in front of `upstream`, knowing [`support::TEST_KEY`].
 fn start(upstream: &EchoUpstream, extra: &str) -> Keyward {
-    Keyward::start(&format!("{}{extra}", support::config_yaml(&upstream.url())))
+    Keyward::start_keyed(&format!("{}{extra}", support::keyed_config_yaml(&upstream.url())))
 }
 
 fn assert_problem(resp: &Response, status: u16, code: &str) {
@@ -37,7 +39,7 @@ fn assert_problem(resp: &Response, status: u16, code: &str) {
 async fn get_is_forwarded_with_path_and_query_byte_for_byte() {
     let up = EchoUpstream::start();
     let kw = start(&up, "");
-    let resp = h::get(&kw.url("/v1/items/%7Eabc?b=2&a=1&a=%20"), &[]).await;
+    let resp = h::get(&kw.url("/v1/items/%7Eabc?b=2&a=1&a=%20"), &[AUTH]).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let rec = up.last().expect("upstream saw the request");
     assert_eq!(rec.method, "GET");
@@ -50,13 +52,13 @@ async fn five_mib_bodies_stream_both_ways_unchanged() {
     let up = EchoUpstream::start();
     let kw = start(&up, "");
     let body = Bytes::from(pattern(5 * 1024 * 1024));
-    let resp = h::request("POST", &kw.url("/echo-body"), &[], body.clone()).await;
+    let resp = h::request("POST", &kw.url("/echo-body"), &[AUTH], body.clone()).await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body.len(), body.len());
     assert!(resp.body == body, "echoed body differs");
     assert_eq!(up.last().expect("recorded").body_len, body.len() as u64);
 
-    let resp = h::get(&kw.url("/bytes/5242880"), &[]).await;
+    let resp = h::get(&kw.url("/bytes/5242880"), &[AUTH]).await;
     assert_eq!(resp.status, 200);
     assert!(resp.body == pattern(5 * 1024 * 1024));
 }
@@ -70,8 +72,13 @@ fn request_and_response_bodies_are_not_buffered_whole() {
     let kw = start(&up, "");
     let mut s = h::connect(kw.addr(), Duration::from_secs(5));
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"POST /echo-body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        format!(
+            "POST /echo-body HTTP/1.1\r\nHost: t\r\n{AUTH_LINE}Transfer-Encoding: chunked\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
     s.write_all(b"10\r\nfirst-chunk-0001\r\n").unwrap();
     s.flush().unwrap();
     // Read until the first chunk's bytes come back, with the body still open.
@@ -96,12 +103,12 @@ fn request_and_response_bodies_are_not_buffered_whole() {
 fn hop_by_hop_headers_and_connection_nominees_never_reach_the_upstream() {
     let up = EchoUpstream::start();
     let kw = start(&up, "");
-    let req = b"GET /hdrs HTTP/1.1\r\nHost: api.example\r\n\
+    let req = format!("GET /hdrs HTTP/1.1\r\nHost: api.example\r\n{AUTH_LINE}\
         Connection: keep-alive, X-Drop-Me, x-keyward-owner\r\nKeep-Alive: timeout=5\r\n\
         TE: trailers\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\
         X-Drop-Me: 1\r\nX-Keep-Me: 2\r\nX-Keyward-Owner: mallory\r\nX_Keyward_Key_Id: forged\r\n\
-        X-Original-URL: /admin\r\nX-HTTP-Method-Override: DELETE\r\n\r\n";
-    let raw = h::raw_one(kw.addr(), req, Duration::from_secs(5));
+        X-Original-URL: /admin\r\nX-HTTP-Method-Override: DELETE\r\n\r\n");
+    let raw = h::raw_one(kw.addr(), req.as_bytes(), Duration::from_secs(5));
     let (status, _, _) = h::parse_raw_response(&raw);
     assert_eq!(status, 200);
     let rec = up.last().expect("recorded");
@@ -113,7 +120,6 @@ fn hop_by_hop_headers_and_connection_nominees_never_reach_the_upstream() {
         "upgrade",
         "http2-settings",
         "x-drop-me",
-        "x-keyward-owner",
         "x_keyward_key_id",
         "x-original-url",
         "x-http-method-override",
@@ -122,14 +128,20 @@ fn hop_by_hop_headers_and_connection_nominees_never_reach_the_upstream() {
     }
     assert_eq!(rec.header("x-keep-me"), Some("2"));
     assert_eq!(rec.header("host"), Some("api.example"));
+    // The identity headers are keyward's, never the client's (SPEC §6).
+    assert_eq!(rec.header_all("x-keyward-owner"), vec!["acme"]);
+    assert_eq!(rec.header_all("x-keyward-key-id"), vec!["key_test"]);
 }
 
 #[test]
 fn hop_by_hop_response_headers_never_reach_the_client() {
     let up = EchoUpstream::start();
     let kw = start(&up, "");
-    let raw =
-        h::raw_one(kw.addr(), b"GET /hop HTTP/1.1\r\nHost: t\r\n\r\n", Duration::from_secs(5));
+    let raw = h::raw_one(
+        kw.addr(),
+        format!("GET /hop HTTP/1.1\r\nHost: t\r\n{AUTH_LINE}\r\n").as_bytes(),
+        Duration::from_secs(5),
+    );
     let (status, headers, _) = h::parse_raw_response(&raw);
     assert_eq!(status, 200);
     let has = |n: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
@@ -144,6 +156,7 @@ async fn forwarded_for_is_appended_and_proto_and_host_are_set() {
     let resp = h::get(
         &kw.url("/x"),
         &[
+            AUTH,
             ("X-Forwarded-For", "203.0.113.7"),
             ("X-Forwarded-Proto", "https"),
             ("X-Forwarded-Host", "evil"),
@@ -158,7 +171,7 @@ async fn forwarded_for_is_appended_and_proto_and_host_are_set() {
     assert_eq!(rec.header("x-forwarded-host"), Some("api.example:8443"));
     assert_eq!(rec.header("host"), Some("api.example:8443"), "Host is forwarded unchanged");
 
-    h::get(&kw.url("/x"), &[]).await;
+    h::get(&kw.url("/x"), &[AUTH]).await;
     assert_eq!(up.last().expect("recorded").header("x-forwarded-for"), Some("127.0.0.1"));
 }
 
@@ -166,30 +179,30 @@ async fn forwarded_for_is_appended_and_proto_and_host_are_set() {
 async fn valid_request_id_is_kept_both_ways_and_others_replaced() {
     let up = EchoUpstream::start();
     let kw = start(&up, "");
-    let resp = h::get(&kw.url("/x"), &[("X-Request-Id", "abc-123_DEF.4")]).await;
+    let resp = h::get(&kw.url("/x"), &[AUTH, ("X-Request-Id", "abc-123_DEF.4")]).await;
     assert_eq!(resp.header("x-request-id"), Some("abc-123_DEF.4"));
     assert_eq!(up.last().expect("recorded").header("x-request-id"), Some("abc-123_DEF.4"));
 
-    let resp = h::get(&kw.url("/x"), &[("X-Request-Id", "bad id with spaces")]).await;
+    let resp = h::get(&kw.url("/x"), &[AUTH, ("X-Request-Id", "bad id with spaces")]).await;
     let generated = resp.header("x-request-id").expect("generated id").to_string();
     assert_ne!(generated, "bad id with spaces");
     assert_eq!(generated.len(), 32);
     assert_eq!(up.last().expect("recorded").header_all("x-request-id"), vec![generated.as_str()]);
 
-    let a = h::get(&kw.url("/x"), &[]).await;
-    let b = h::get(&kw.url("/x"), &[]).await;
+    let a = h::get(&kw.url("/x"), &[AUTH]).await;
+    let b = h::get(&kw.url("/x"), &[AUTH]).await;
     assert_ne!(a.header("x-request-id"), b.header("x-request-id"));
 }
 
 #[tokio::test]
 async fn unreachable_upstream_is_502_and_the_proxy_keeps_serving() {
     let closed = support::ReservedPort::new();
-    let kw = Keyward::start(&support::config_yaml(&closed.url()));
+    let kw = Keyward::start_keyed(&support::keyed_config_yaml(&closed.url()));
     for _ in 0..3 {
-        let resp = h::get(&kw.url("/x"), &[]).await;
+        let resp = h::get(&kw.url("/x"), &[AUTH]).await;
         assert_problem(&resp, 502, "upstream_unavailable");
     }
-    let health = h::get(&kw.admin_url("/healthz"), &[]).await;
+    let health = h::get(&kw.admin_url("/healthz"), &[AUTH]).await;
     assert_eq!(health.status, 200);
 }
 
@@ -197,25 +210,25 @@ async fn unreachable_upstream_is_502_and_the_proxy_keeps_serving() {
 async fn upstream_dropping_the_connection_is_502() {
     let up = EchoUpstream::start();
     let kw = start(&up, "");
-    let resp = h::get(&kw.url("/reset"), &[]).await;
+    let resp = h::get(&kw.url("/reset"), &[AUTH]).await;
     assert_problem(&resp, 502, "upstream_unavailable");
     // The next request on a fresh upstream connection still works.
-    assert_eq!(h::get(&kw.url("/x"), &[]).await.status, 200);
+    assert_eq!(h::get(&kw.url("/x"), &[AUTH]).await.status, 200);
 }
 
 #[tokio::test]
 async fn slow_upstream_is_504_after_request_timeout() {
     let up = EchoUpstream::start();
-    let kw = Keyward::start(&format!(
-        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nstore: {{kind: memory}}\n\
+    let kw = Keyward::start_keyed(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nstore: {{kind: memory, memory: {{keys_file: keys.yaml}}}}\n\
          upstream: {{url: \"{}\", request_timeout: 300ms}}\n",
         up.url()
     ));
     let started = Instant::now();
-    let resp = h::get(&kw.url("/slow?ms=3000"), &[]).await;
+    let resp = h::get(&kw.url("/slow?ms=3000"), &[AUTH]).await;
     assert_problem(&resp, 504, "upstream_timeout");
     assert!(started.elapsed() < Duration::from_millis(2500), "took {:?}", started.elapsed());
-    assert_eq!(h::get(&kw.url("/slow?ms=10"), &[]).await.status, 200);
+    assert_eq!(h::get(&kw.url("/slow?ms=10"), &[AUTH]).await.status, 200);
 }
 
 #[tokio::test]
@@ -223,11 +236,11 @@ async fn headers_over_max_header_bytes_get_431_problem() {
     let up = EchoUpstream::start();
     let kw = start(&up, "limits: {max_header_bytes: 4096}\n");
     let big = "v".repeat(5000);
-    let resp = h::get(&kw.url("/x"), &[("X-Big", &big)]).await;
+    let resp = h::get(&kw.url("/x"), &[AUTH, ("X-Big", &big)]).await;
     assert_problem(&resp, 431, "headers_too_large");
     assert_eq!(up.count(), 0, "nothing reached the upstream");
     let ok = "v".repeat(3000);
-    assert_eq!(h::get(&kw.url("/x"), &[("X-Big", &ok)]).await.status, 200);
+    assert_eq!(h::get(&kw.url("/x"), &[AUTH, ("X-Big", &ok)]).await.status, 200);
 }
 
 #[tokio::test]
@@ -240,7 +253,7 @@ async fn bodies_over_max_body_bytes_get_413_declared_or_streamed() {
 
     // Chunked: no Content-Length, so the limit trips while streaming.
     let mut req =
-        b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        format!("POST /x HTTP/1.1\r\nHost: t\r\n{AUTH_LINE}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").as_bytes()
             .to_vec();
     for _ in 0..4 {
         req.extend_from_slice(b"200\r\n");
@@ -253,7 +266,7 @@ async fn bodies_over_max_body_bytes_get_413_declared_or_streamed() {
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("body_too_large"));
 
-    let resp = h::request("POST", &kw.url("/x"), &[], Bytes::from(vec![b'a'; 1000])).await;
+    let resp = h::request("POST", &kw.url("/x"), &[AUTH], Bytes::from(vec![b'a'; 1000])).await;
     assert_eq!(resp.status, 200);
 }
 
@@ -293,7 +306,7 @@ async fn trace_is_405_and_connect_and_foreign_absolute_targets_are_400() {
 async fn http2_prior_knowledge_is_served_and_forwarded_as_http11() {
     let up = EchoUpstream::start();
     let kw = start(&up, "");
-    let resp = h::h2c_get(&kw.url("/h2?x=1")).await;
+    let resp = h::h2c_request("GET", &kw.url("/h2?x=1"), &[AUTH], Bytes::new()).await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.version, http::Version::HTTP_2);
     let rec = up.last().expect("recorded");
@@ -308,8 +321,8 @@ fn websocket_upgrade_is_tunnelled_after_upstream_101() {
     let kw = start(&up, "");
     let mut s = h::connect(kw.addr(), Duration::from_secs(5));
     s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        format!("GET /ws HTTP/1.1\r\nHost: t\r\n{AUTH_LINE}Connection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").as_bytes(),
     )
     .unwrap();
     let head = h::read_head(&mut s, Duration::from_secs(5));
@@ -330,7 +343,7 @@ fn slow_request_heads_are_cut_off_after_header_read_timeout() {
     let up = EchoUpstream::start();
     let kw = start(&up, "limits: {header_read_timeout: 300ms}\n");
     let mut s = h::connect(kw.addr(), Duration::from_secs(5));
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nX-Slow: ").unwrap();
+    s.write_all(format!("GET /x HTTP/1.1\r\nHost: t\r\n{AUTH_LINE}X-Slow: ").as_bytes()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let started = Instant::now();
     let mut buf = Vec::new();
@@ -344,7 +357,7 @@ fn sigterm_drains_an_in_flight_request_then_exits_0() {
     let up = EchoUpstream::start();
     let mut kw = start(&up, "shutdown_grace: 10s\n");
     let url = kw.url("/slow?ms=1500");
-    let inflight = std::thread::spawn(move || h::get_blocking(&url, &[]));
+    let inflight = std::thread::spawn(move || h::get_blocking(&url, &[AUTH]));
     assert!(up.wait_for_count(1, Duration::from_secs(5)), "request reached the upstream");
     assert!(kw.signal("TERM"));
     // New connections are refused soon after the signal...
@@ -366,9 +379,9 @@ fn sigterm_gives_up_after_shutdown_grace() {
     let mut kw = start(&up, "shutdown_grace: 300ms\n");
     let url = kw.url("/slow?ms=20000");
     let _inflight = std::thread::spawn(move || {
-        support::block_on(
-            async move { h::try_request("GET", &url, &[], Bytes::new()).await.is_ok() },
-        )
+        support::block_on(async move {
+            h::try_request("GET", &url, &[AUTH], Bytes::new()).await.is_ok()
+        })
     });
     assert!(up.wait_for_count(1, Duration::from_secs(5)));
     let started = Instant::now();
@@ -382,9 +395,9 @@ fn sigterm_gives_up_after_shutdown_grace() {
 async fn admin_listener_serves_health_readiness_and_parsable_metrics() {
     let up = EchoUpstream::start();
     let kw = start(&up, "");
-    assert_eq!(h::get(&kw.admin_url("/healthz"), &[]).await.status, 200);
-    assert_eq!(h::get(&kw.admin_url("/readyz"), &[]).await.status, 200);
-    h::get(&kw.url("/x"), &[]).await;
+    assert_eq!(h::get(&kw.admin_url("/healthz"), &[AUTH]).await.status, 200);
+    assert_eq!(h::get(&kw.admin_url("/readyz"), &[AUTH]).await.status, 200);
+    h::get(&kw.url("/x"), &[AUTH]).await;
     h::request("TRACE", &kw.url("/x"), &[], Bytes::new()).await;
     let text = kw.metrics();
     // Every sample line parses (name, labels, float value).
@@ -407,9 +420,11 @@ async fn admin_listener_serves_health_readiness_and_parsable_metrics() {
 async fn one_access_log_event_per_request_without_the_query() {
     let up = EchoUpstream::start();
     let kw = start(&up, "");
-    let resp =
-        h::get(&kw.url("/logged/path?api_key=kw_live_secret"), &[("X-Request-Id", "log-test-1")])
-            .await;
+    let resp = h::get(
+        &kw.url("/logged/path?api_key=kw_live_secret"),
+        &[AUTH, ("X-Request-Id", "log-test-1")],
+    )
+    .await;
     assert_eq!(resp.status, 200);
     let ev = kw.wait_for_event("request", 1, Duration::from_secs(5)).expect("access log event");
     let f = |n: &str| support::keyward::field(&ev, n).cloned().unwrap_or_default();
@@ -459,10 +474,11 @@ fn serve_with_a_broken_config_exits_2_and_flags_beat_the_file() {
     let up = EchoUpstream::start();
     // The file names a dead upstream; --upstream wins.
     let kw = Keyward::builder()
-        .config(&support::config_yaml("http://127.0.0.1:9"))
+        .config(&support::keyed_config_yaml("http://127.0.0.1:9"))
+        .file("keys.yaml", support::test_keys_file())
         .args(&["--upstream", &up.url()])
         .start();
-    assert_eq!(h::get_blocking(&kw.url("/x"), &[]).status, 200);
+    assert_eq!(h::get_blocking(&kw.url("/x"), &[AUTH]).status, 200);
     assert_eq!(up.count(), 1);
 }
 
