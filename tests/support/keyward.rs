@@ -234,13 +234,13 @@ impl Keyward {
         KeywardBuilder::default()
     }
 
-    /// `keyward serve --config <tmp>/keyward.yaml --log-format json`, waits for "listening".
     /// Starts keyward with `config_yaml` and a `keys.yaml` holding
     /// [`super::TEST_KEY`] beside it (see [`super::keyed_config_yaml`]).
     pub fn start_keyed(config_yaml: &str) -> Keyward {
         Keyward::builder().config(config_yaml).file("keys.yaml", super::test_keys_file()).start()
     }
 
+    /// `keyward serve --config <tmp>/keyward.yaml --log-format json`, waits for "listening".
     pub fn start(config_yaml: &str) -> Keyward {
         Self::builder().config(config_yaml).start()
     }
