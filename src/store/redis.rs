@@ -101,11 +101,18 @@ impl fmt::Debug for RedisStore {
 }
 
 /// Atomically: refuse a taken hash or id, write the hash (only the fields
-/// that are set), the id index and the owner set.
+/// that are set), the id index and the owner set. The very same key (same
+/// hash, same id) already there counts as inserted, so retrying an insert
+/// whose reply was lost to a dropped connection is safe.
 /// KEYS: `{p}key:{hex}`, `{p}id:{id}`, `{p}owner:{owner}`.
 /// ARGV: hex, id, then field/value pairs. Returns 0, 1 (hash taken), 2 (id taken).
 const INSERT_LUA: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'id') == ARGV[2] and redis.call('GET', KEYS[2]) == ARGV[1] then
+    return 0
+  end
+  return 1
+end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX') then return 2 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('SADD', KEYS[3], ARGV[2])
@@ -254,15 +261,11 @@ impl RedisStore {
 
     /// Runs one operation under the store's rules: fail fast while down,
     /// one `store.redis.timeout` for the whole operation, and a single retry
-    /// of an idempotent operation whose connection broke under it (the
-    /// manager is reconnecting already; a Redis restart or an idle-timeout
-    /// close should not fail the request that noticed it).
-    async fn run<T, F, Fut>(
-        &self,
-        op: &'static str,
-        idempotent: bool,
-        f: F,
-    ) -> Result<T, StoreError>
+    /// when the connection broke under it (the manager is reconnecting
+    /// already; a Redis restart or an idle-timeout close should not fail the
+    /// call that noticed it). Every operation is idempotent (insert too, see
+    /// `INSERT_LUA`), so a retry after a lost reply is harmless.
+    async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, StoreError>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -283,7 +286,7 @@ impl RedisStore {
         let mut broke = false;
         let attempt = async {
             match f((*conn).clone()).await {
-                Err(e) if idempotent && is_connection_error(&e) => {
+                Err(e) if is_connection_error(&e) => {
                     broke = true;
                     f((*conn).clone()).await
                 }
@@ -318,7 +321,7 @@ impl RedisStore {
                 pipe.hgetall(self.key_of(hash));
             }
             let maps: Vec<HashMap<String, String>> = self
-                .run("list", true, |mut c| {
+                .run("list", |mut c| {
                     let pipe = &pipe;
                     async move { pipe.query_async(&mut c).await }
                 })
@@ -337,7 +340,7 @@ impl RedisStore {
     async fn hash_of_id(&self, id: &str) -> Result<Option<KeyHash>, StoreError> {
         let key = self.id_key(id);
         let hex: Option<String> = self
-            .run("get_by_id", true, |mut c| {
+            .run("get_by_id", |mut c| {
                 let key = &key;
                 async move { ::redis::cmd("GET").arg(key).query_async(&mut c).await }
             })
@@ -367,7 +370,7 @@ impl RedisStore {
         let at = at.unwrap_or(0).to_string();
         let script = &self.inner.modify_script;
         let fields: Option<HashMap<String, String>> = self
-            .run(action, true, |mut c| {
+            .run(action, |mut c| {
                 let mut call = script.key(&key);
                 call.arg(action).arg(&at).arg(&hex).arg(&channel);
                 async move { call.invoke_async(&mut c).await }
@@ -517,7 +520,7 @@ impl KeyStore for RedisStore {
     async fn get(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
         let key = self.key_of(hash);
         let fields: HashMap<String, String> = self
-            .run("get", true, |mut c| {
+            .run("get", |mut c| {
                 let key = &key;
                 async move { ::redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
             })
@@ -568,7 +571,7 @@ impl KeyStore for RedisStore {
         let fields = fields_of(record);
         let script = &self.inner.insert_script;
         let outcome: i64 = self
-            .run("insert", false, |mut c| {
+            .run("insert", |mut c| {
                 let mut call = script.key(&key);
                 call.key(&id_key).key(&owner_key).arg(&hex).arg(&record.id);
                 for (name, value) in &fields {
@@ -614,7 +617,7 @@ impl KeyStore for RedisStore {
                     .arg(*at)
                     .ignore();
             }
-            self.run("touch_last_used", true, |mut c| {
+            self.run("touch_last_used", |mut c| {
                 let pipe = &pipe;
                 async move { pipe.query_async::<()>(&mut c).await }
             })
@@ -624,7 +627,7 @@ impl KeyStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run("ping", true, |mut c| async move {
+        self.run("ping", |mut c| async move {
             ::redis::cmd("PING").query_async::<String>(&mut c).await
         })
         .await
@@ -643,7 +646,7 @@ impl RedisStore {
         let mut cursor: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = self
-                .run("list", true, |mut c| {
+                .run("list", |mut c| {
                     let pattern = &pattern;
                     async move {
                         ::redis::cmd("SCAN")
@@ -674,7 +677,7 @@ impl RedisStore {
     async fn owner_hashes(&self, owner: &str) -> Result<Vec<KeyHash>, StoreError> {
         let set = self.owner_key(owner);
         let ids: Vec<String> = self
-            .run("list", true, |mut c| {
+            .run("list", |mut c| {
                 let set = &set;
                 async move { ::redis::cmd("SMEMBERS").arg(set).query_async(&mut c).await }
             })
@@ -686,7 +689,7 @@ impl RedisStore {
                 pipe.cmd("GET").arg(self.id_key(id));
             }
             let hexes: Vec<Option<String>> = self
-                .run("list", true, |mut c| {
+                .run("list", |mut c| {
                     let pipe = &pipe;
                     async move { pipe.query_async(&mut c).await }
                 })
