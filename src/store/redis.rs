@@ -45,10 +45,11 @@ const PROBE_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duratio
 /// How often an idle, healthy store PINGs, so `is_up` notices an outage
 /// without waiting for traffic.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
-/// Connecting (TCP + AUTH + SELECT) and probing get at least this long:
-/// `store.redis.timeout` (50 ms by default) is a budget for one command on
-/// the request path, too tight for a fresh connection over a real network.
-const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connecting (TCP + AUTH + SELECT), probing and operations off the request
+/// path get at least this long: `store.redis.timeout` (50 ms by default) is
+/// the request path's budget, too tight for a fresh connection or a script
+/// load over a real network.
+const MIN_ADMIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Timeouts in a row after which the store counts as down (one slow reply
 /// under load must not fail the whole store over).
 const TIMEOUTS_TO_TRIP: u32 = 3;
@@ -65,7 +66,11 @@ pub struct RedisStore {
 struct Inner {
     prefix: String,
     timeout: Duration,
-    connect_timeout: Duration,
+    /// Connect, probe, and operations off the request path (CLI,
+    /// management API, last-used flushes): `max(timeout, 1 s)`. A
+    /// `keys revoke` must not fail because a script load over a
+    /// cross-zone link needed three round trips of 20 ms.
+    admin_timeout: Duration,
     /// The URL with its password masked: the only form that is logged.
     shown_url: String,
     /// `None` until the first connection succeeds. The manager then
@@ -183,12 +188,12 @@ impl RedisStore {
                 "the Redis store must be started inside a tokio runtime".to_owned(),
             )
         })?;
-        let connect_timeout = config.timeout.max(MIN_CONNECT_TIMEOUT);
+        let admin_timeout = config.timeout.max(MIN_ADMIN_TIMEOUT);
         let tripped = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
-            connect_timeout,
+            admin_timeout,
             shown_url,
             conn: ArcSwapOption::empty(),
             up: watch::Sender::new(false),
@@ -203,7 +208,7 @@ impl RedisStore {
         // holds commands for a series of retries.
         let manager_config = ConnectionManagerConfig::new()
             .set_number_of_retries(0)
-            .set_connection_timeout(connect_timeout);
+            .set_connection_timeout(admin_timeout);
         let task = runtime.spawn(supervise(
             Arc::downgrade(&inner),
             tripped,
@@ -265,7 +270,7 @@ impl RedisStore {
     /// already; a Redis restart or an idle-timeout close should not fail the
     /// call that noticed it). Every operation is idempotent (insert too, see
     /// `INSERT_LUA`), so a retry after a lost reply is harmless.
-    async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    async fn run<T, F, Fut>(&self, op: Op, f: F) -> Result<T, StoreError>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -293,7 +298,12 @@ impl RedisStore {
                 other => other,
             }
         };
-        match tokio::time::timeout(inner.timeout, attempt).await {
+        let budget = if op.on_request_path() {
+            inner.timeout
+        } else {
+            inner.admin_timeout
+        };
+        match tokio::time::timeout(budget, attempt).await {
             Ok(Ok(value)) => {
                 inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
                 Ok(value)
@@ -321,7 +331,7 @@ impl RedisStore {
                 pipe.hgetall(self.key_of(hash));
             }
             let maps: Vec<HashMap<String, String>> = self
-                .run("list", |mut c| {
+                .run(Op::List, |mut c| {
                     let pipe = &pipe;
                     async move { pipe.query_async(&mut c).await }
                 })
@@ -340,7 +350,7 @@ impl RedisStore {
     async fn hash_of_id(&self, id: &str) -> Result<Option<KeyHash>, StoreError> {
         let key = self.id_key(id);
         let hex: Option<String> = self
-            .run("get_by_id", |mut c| {
+            .run(Op::GetById, |mut c| {
                 let key = &key;
                 async move { ::redis::cmd("GET").arg(key).query_async(&mut c).await }
             })
@@ -356,9 +366,12 @@ impl RedisStore {
         }
     }
 
+    /// `revoke` / `set_expires_at`: one script call that changes the field and
+    /// publishes `invalidate`. `action` is the script's ARGV[1].
     async fn modify(
         &self,
         id: &str,
+        op: Op,
         action: &'static str,
         at: Option<u64>,
     ) -> Result<KeyRecord, StoreError> {
@@ -370,7 +383,7 @@ impl RedisStore {
         let at = at.unwrap_or(0).to_string();
         let script = &self.inner.modify_script;
         let fields: Option<HashMap<String, String>> = self
-            .run(action, |mut c| {
+            .run(op, |mut c| {
                 let mut call = script.key(&key);
                 call.arg(action).arg(&at).arg(&hex).arg(&channel);
                 async move { call.invoke_async(&mut c).await }
@@ -387,7 +400,7 @@ impl RedisStore {
 impl Inner {
     /// Turns a Redis error into a `StoreError`, tripping the store when the
     /// error says the connection (not the data) is the problem.
-    fn failed(&self, op: &'static str, e: &RedisError) -> StoreError {
+    fn failed(&self, op: Op, e: &RedisError) -> StoreError {
         let detail = describe(e);
         if e.kind() == ErrorKind::ReadOnly {
             return StoreError::ReadOnly(format!("Redis refused a write: {detail}"));
@@ -402,11 +415,11 @@ impl Inner {
     }
 
     /// Marks the store down (once per outage) and wakes the probe.
-    fn trip(&self, op: &'static str, why: &str) {
+    fn trip(&self, op: Op, why: &str) {
         if self.set_up(false) {
             tracing::warn!(
                 url = %self.shown_url,
-                op,
+                op = op.name(),
                 error = why,
                 "key store unreachable; failing fast until Redis answers again"
             );
@@ -431,11 +444,46 @@ impl Inner {
         let mut conn = (*conn).clone();
         let ping_cmd = ::redis::cmd("PING");
         let ping = ping_cmd.query_async::<String>(&mut conn);
-        match tokio::time::timeout(self.connect_timeout, ping).await {
+        match tokio::time::timeout(self.admin_timeout, ping).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(describe(&e)),
             Err(_) => Err("PING timed out".to_owned()),
         }
+    }
+}
+
+/// The store's operations, named as the trait's methods (for logs, and for
+/// a later `keyward_store_errors_total{op}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Get,
+    GetById,
+    List,
+    Insert,
+    Revoke,
+    SetExpiresAt,
+    TouchLastUsed,
+    Ping,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::GetById => "get_by_id",
+            Op::List => "list",
+            Op::Insert => "insert",
+            Op::Revoke => "revoke",
+            Op::SetExpiresAt => "set_expires_at",
+            Op::TouchLastUsed => "touch_last_used",
+            Op::Ping => "ping",
+        }
+    }
+
+    /// `get` serves requests; `ping` answers `/readyz`, which must fail
+    /// as fast as the request path would. The rest may take longer.
+    fn on_request_path(self) -> bool {
+        matches!(self, Op::Get | Op::Ping)
     }
 }
 
@@ -453,7 +501,7 @@ async fn supervise(
     loop {
         let Some(inner) = store.upgrade() else { return };
         let connect = ConnectionManager::new_with_config(client.clone(), manager_config.clone());
-        let error = match tokio::time::timeout(inner.connect_timeout, connect).await {
+        let error = match tokio::time::timeout(inner.admin_timeout, connect).await {
             Ok(Ok(manager)) => {
                 inner.conn.store(Some(Arc::new(manager)));
                 inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
@@ -520,7 +568,7 @@ impl KeyStore for RedisStore {
     async fn get(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
         let key = self.key_of(hash);
         let fields: HashMap<String, String> = self
-            .run("get", |mut c| {
+            .run(Op::Get, |mut c| {
                 let key = &key;
                 async move { ::redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
             })
@@ -571,7 +619,7 @@ impl KeyStore for RedisStore {
         let fields = fields_of(record);
         let script = &self.inner.insert_script;
         let outcome: i64 = self
-            .run("insert", |mut c| {
+            .run(Op::Insert, |mut c| {
                 let mut call = script.key(&key);
                 call.key(&id_key).key(&owner_key).arg(&hex).arg(&record.id);
                 for (name, value) in &fields {
@@ -593,13 +641,13 @@ impl KeyStore for RedisStore {
     }
 
     async fn revoke(&self, id: &str, at: u64) -> Result<KeyRecord, StoreError> {
-        self.modify(id, "revoke", Some(at)).await
+        self.modify(id, Op::Revoke, "revoke", Some(at)).await
     }
 
     async fn set_expires_at(&self, id: &str, at: Option<u64>) -> Result<KeyRecord, StoreError> {
         match at {
-            Some(at) => self.modify(id, "expire", Some(at)).await,
-            None => self.modify(id, "unexpire", None).await,
+            Some(at) => self.modify(id, Op::SetExpiresAt, "expire", Some(at)).await,
+            None => self.modify(id, Op::SetExpiresAt, "unexpire", None).await,
         }
     }
 
@@ -617,7 +665,7 @@ impl KeyStore for RedisStore {
                     .arg(*at)
                     .ignore();
             }
-            self.run("touch_last_used", |mut c| {
+            self.run(Op::TouchLastUsed, |mut c| {
                 let pipe = &pipe;
                 async move { pipe.query_async::<()>(&mut c).await }
             })
@@ -627,7 +675,7 @@ impl KeyStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run("ping", |mut c| async move {
+        self.run(Op::Ping, |mut c| async move {
             ::redis::cmd("PING").query_async::<String>(&mut c).await
         })
         .await
@@ -646,7 +694,7 @@ impl RedisStore {
         let mut cursor: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = self
-                .run("list", |mut c| {
+                .run(Op::List, |mut c| {
                     let pattern = &pattern;
                     async move {
                         ::redis::cmd("SCAN")
@@ -677,7 +725,7 @@ impl RedisStore {
     async fn owner_hashes(&self, owner: &str) -> Result<Vec<KeyHash>, StoreError> {
         let set = self.owner_key(owner);
         let ids: Vec<String> = self
-            .run("list", |mut c| {
+            .run(Op::List, |mut c| {
                 let set = &set;
                 async move { ::redis::cmd("SMEMBERS").arg(set).query_async(&mut c).await }
             })
@@ -689,7 +737,7 @@ impl RedisStore {
                 pipe.cmd("GET").arg(self.id_key(id));
             }
             let hexes: Vec<Option<String>> = self
-                .run("list", |mut c| {
+                .run(Op::List, |mut c| {
                     let pipe = &pipe;
                     async move { pipe.query_async(&mut c).await }
                 })
