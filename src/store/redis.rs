@@ -10,12 +10,22 @@
 //!
 //! Availability (SPEC §9): keyward must start, and keep answering, while
 //! Redis is down. So the store connects in the background (exponential
-//! backoff with jitter, 100 ms -> 5 s), every command is bounded by
-//! `store.redis.timeout`, and once the connection is known to be broken the
+//! backoff with jitter, 100 ms -> 5 s), every operation is bounded in time
+//! (`get` and `ping` by `store.redis.timeout`; the CLI's and management
+//! API's operations by `max(timeout, 1 s)`), and once the connection is
+//! known to be broken (an I/O error, or three timeouts in a row) the
 //! store *fails fast*: calls return `Unavailable` at once instead of each
 //! request waiting out its timeout, while a background probe PINGs (100 ms
 //! -> 2 s) until Redis answers again. [`RedisStore::is_up`] reports that
 //! state for `/readyz` and the `keyward_store_up` gauge.
+//!
+//! Records are read as other writers may have written them (see
+//! `parse_record`). Operations by key id (`get_by_id`, `revoke`,
+//! `set_expires_at`) need the `{p}id:` index; a hash provisioned without it
+//! is still served and listed, but can't be found by id.
+//!
+//! `rediss://` needs redis-rs's TLS features, which the crate does not
+//! enable yet: such a URL is refused as invalid at start.
 //!
 //! Redis Cluster (`store.redis.cluster_nodes`) is not built yet:
 //! [`RedisStore::new`] refuses it with `Unavailable`. The scripts below touch
@@ -219,8 +229,10 @@ impl RedisStore {
         Ok(RedisStore { inner })
     }
 
-    /// Whether the last command or health check succeeded: `/readyz` and the
-    /// `keyward_store_up` gauge. `false` until the first connection.
+    /// Whether the store is up: connected, and the last command or health
+    /// check did not find it down (a lone timeout does not count; three in a
+    /// row do). For `/readyz` and the `keyward_store_up` gauge. `false` until
+    /// the first connection.
     pub fn is_up(&self) -> bool {
         *self.inner.up.borrow()
     }
@@ -233,12 +245,13 @@ impl RedisStore {
             tokio::time::timeout(within, up.wait_for(|up| *up)).await,
             Ok(Ok(_))
         );
-        match came_up {
-            true => Ok(()),
-            false => Err(StoreError::Unavailable(format!(
+        if came_up {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!(
                 "no answer from Redis at {} within {within:?}",
                 self.inner.shown_url
-            ))),
+            )))
         }
     }
 
@@ -265,7 +278,8 @@ impl RedisStore {
     }
 
     /// Runs one operation under the store's rules: fail fast while down,
-    /// one `store.redis.timeout` for the whole operation, and a single retry
+    /// one time budget for the whole operation (`store.redis.timeout` on the
+    /// request path, `max(timeout, 1 s)` off it), and a single retry
     /// when the connection broke under it (the manager is reconnecting
     /// already; a Redis restart or an idle-timeout close should not fail the
     /// call that noticed it). Every operation is idempotent (insert too, see
