@@ -11,11 +11,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigErrors, Overrides};
+use crate::auth::keyring::Keyring;
+use crate::clock;
+use crate::config::{Config, ConfigErrors, Overrides, StoreKind};
 use crate::proxy::{forward, Proxy};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::server::admin::{self, AdminState};
 use crate::server::{self, ListenerSettings};
+use crate::store::{events, KeyStore, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// Why `serve` could not start or keep running.
@@ -34,6 +37,8 @@ pub enum AppError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
 }
 
 impl AppError {
@@ -41,7 +46,8 @@ impl AppError {
     pub fn exit_code(&self) -> i32 {
         match self {
             AppError::Config(_) | AppError::Runtime(_) => 2,
-            AppError::Bind { .. } | AppError::Signals(_) => 1,
+            AppError::Store(e) if !e.is_outage() => 2,
+            AppError::Bind { .. } | AppError::Signals(_) | AppError::Store(_) => 1,
         }
     }
 }
@@ -58,27 +64,36 @@ impl ConfigSource {
     }
 }
 
+/// Called once both listeners are bound, with their addresses (`demo`
+/// prints its banner from here).
+pub type OnListening = Box<dyn FnOnce(std::net::SocketAddr, std::net::SocketAddr) + Send>;
+
 /// `keyward serve`: runs until SIGTERM/SIGINT, then drains and returns.
 pub async fn serve(source: ConfigSource) -> Result<(), AppError> {
-    let config = Arc::new(source.load()?);
+    let config = source.load()?;
+    let store = Store::from_config(&config.store)?;
+    run(config, store, Some(source), None).await
+}
+
+/// Runs the proxy with `config` and `store` until SIGTERM/SIGINT. With a
+/// `source`, SIGHUP reloads the config from it.
+pub async fn run(
+    config: Config,
+    store: Store,
+    source: Option<ConfigSource>,
+    on_listening: Option<OnListening>,
+) -> Result<(), AppError> {
+    let config = Arc::new(config);
     let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone())?));
     let metrics = Arc::new(Metrics::new());
+    let keyring = Arc::new(Keyring::new(&config, store));
 
-    let proxy_listener =
-        TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| AppError::Bind {
-                what: "listen",
-                addr: config.listen,
-                source,
-            })?;
-    let admin_listener = TcpListener::bind(config.admin.listen)
+    let proxy_listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| AppError::Bind {
-            what: "admin.listen",
-            addr: config.admin.listen,
-            source,
-        })?;
+        .map_err(|source| AppError::Bind { what: "listen", addr: config.listen, source })?;
+    let admin_listener = TcpListener::bind(config.admin.listen).await.map_err(|source| {
+        AppError::Bind { what: "admin.listen", addr: config.admin.listen, source }
+    })?;
     let proxy_addr = proxy_listener.local_addr().unwrap_or(config.listen);
     let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
 
@@ -90,10 +105,12 @@ pub async fn serve(source: ConfigSource) -> Result<(), AppError> {
     let mut sighup = signal(SignalKind::hangup()).map_err(AppError::Signals)?;
 
     let client = forward::client(&config.upstream);
-    let proxy = Arc::new(Proxy::new(runtime.clone(), client, metrics.clone(), "http"));
+    let proxy =
+        Arc::new(Proxy::new(runtime.clone(), client, metrics.clone(), keyring.clone(), "http"));
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         ready: false.into(),
+        store: keyring.store.clone(),
     });
     let settings = ListenerSettings {
         header_read_timeout: config.limits.header_read_timeout,
@@ -103,6 +120,14 @@ pub async fn serve(source: ConfigSource) -> Result<(), AppError> {
 
     let (stop_proxy, proxy_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
+    let (stop_background, background_stopped) = watch::channel(false);
+    let mut background = vec![
+        tokio::spawn(flush_last_used(keyring.clone(), metrics.clone(), background_stopped.clone())),
+        tokio::spawn(watch_store(keyring.clone(), metrics.clone(), background_stopped.clone())),
+    ];
+    if let Some(sub) = subscribe(&config, &keyring, &metrics, background_stopped) {
+        background.push(sub);
+    }
     let proxy_task = tokio::spawn(server::run_proxy(
         proxy_listener,
         proxy,
@@ -110,26 +135,34 @@ pub async fn serve(source: ConfigSource) -> Result<(), AppError> {
         settings,
         proxy_stopped,
     ));
-    let admin_task = tokio::spawn(admin::run_admin(
-        admin_listener,
-        admin_state.clone(),
-        admin_stopped,
-    ));
+    let admin_task =
+        tokio::spawn(admin::run_admin(admin_listener, admin_state.clone(), admin_stopped));
     admin_state.ready.store(true, Ordering::Relaxed);
     info!(
         proxy = %proxy_addr,
         admin = %admin_addr,
         upstream = %config.upstream.url,
-        config = %source.path.display(),
+        store = keyring.store.kind_name(),
+        config = %source.as_ref().map(|s| s.path.display().to_string()).unwrap_or_default(),
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
+    if let Some(f) = on_listening {
+        f(proxy_addr, admin_addr);
+    }
 
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!(signal = "SIGTERM", "shutting down"); break; }
             _ = sigint.recv() => { info!(signal = "SIGINT", "shutting down"); break; }
-            _ = sighup.recv() => reload(&source, &runtime, &metrics),
+            _ = sighup.recv() => {
+                if let Some(source) = &source {
+                    reload(source, &runtime, &metrics);
+                }
+                if let Store::Memory(m) = &keyring.store {
+                    reload_keys_file(m, &keyring);
+                }
+            }
         }
     }
 
@@ -139,10 +172,107 @@ pub async fn serve(source: ConfigSource) -> Result<(), AppError> {
     if let Err(e) = proxy_task.await {
         error!(error = %e, "proxy task failed");
     }
+    // Last-used times are flushed once more on the way out (SPEC §9).
+    let _ = stop_background.send(true);
+    for task in background {
+        let _ = task.await;
+    }
     let _ = stop_admin.send(true);
     let _ = admin_task.await;
     info!("stopped");
     Ok(())
+}
+
+/// How often pending last-used times are written.
+const LAST_USED_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Writes coalesced last-used times off the request path, and once more at
+/// shutdown.
+async fn flush_last_used(
+    keyring: Arc<Keyring>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(LAST_USED_FLUSH) => false,
+            _ = stop.changed() => true,
+        };
+        let batch = keyring.last_used.drain(clock::unix_seconds());
+        if !batch.is_empty() {
+            if let Err(e) = keyring.store.touch_last_used(&batch).await {
+                metrics.store_errors.with_label_values(&["touch"]).inc();
+                warn!(error = %e, keys = batch.len(), "could not record last-used times");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Keeps `keyward_store_up` current (the Redis store probes its own
+/// connection; this mirrors it into the gauge every second).
+async fn watch_store(
+    keyring: Arc<Keyring>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut was_up = None;
+    loop {
+        let up = keyring.store.is_up();
+        metrics.store_up.set(i64::from(up));
+        if was_up != Some(up) {
+            if up {
+                info!(store = keyring.store.kind_name(), "key store reachable");
+            } else {
+                warn!(store = keyring.store.kind_name(), "key store unreachable");
+            }
+            was_up = Some(up);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Subscribes to `{p}events` (Redis store only): each `invalidate` evicts
+/// the key from this replica's cache and records the revocation lag; after
+/// a reconnect the whole cache is dropped, since events may have been missed.
+fn subscribe(
+    config: &Config,
+    keyring: &Arc<Keyring>,
+    metrics: &Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if config.store.kind != StoreKind::Redis {
+        return None;
+    }
+    let url = config.store.redis.url.clone()?;
+    let (k1, k2, m) = (keyring.clone(), keyring.clone(), metrics.clone());
+    Some(events::spawn_subscriber(
+        url,
+        config.store.redis.key_prefix.clone(),
+        move |hash, published_ms| {
+            k1.invalidate(&hash);
+            let now_ms = clock::unix_millis();
+            m.revocation_lag.observe(now_ms.saturating_sub(published_ms) as f64 / 1000.0);
+        },
+        move || k2.clear(),
+        stop,
+    ))
+}
+
+/// SIGHUP with the memory store: re-read the keys file, drop the cache.
+fn reload_keys_file(store: &crate::store::MemoryStore, keyring: &Keyring) {
+    match store.reload() {
+        Ok(n) => {
+            keyring.clear();
+            info!(keys = n, "keys file reloaded");
+        }
+        Err(e) => warn!(error = %e, "keys file reload refused; keeping the loaded keys"),
+    }
 }
 
 /// Builds a whole new snapshot and swaps it in; an invalid config is refused
@@ -160,7 +290,7 @@ fn reload(source: &ConfigSource, runtime: &ArcSwap<Runtime>, metrics: &Metrics) 
             info!(config = %source.path.display(), "config reloaded");
         }
         Err(e) => {
-            metrics.config_reloads.with_label_values(&["failure"]).inc();
+            metrics.config_reloads.with_label_values(&["error"]).inc();
             warn!(config = %source.path.display(), error = %e, "config reload refused; keeping the running config");
         }
     }

@@ -12,8 +12,11 @@ pub fn now() -> Instant {
 /// Wall-clock seconds since the Unix epoch.
 #[allow(clippy::disallowed_methods)]
 pub fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+#[allow(clippy::disallowed_methods)]
+pub fn unix_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -11,6 +11,8 @@
 //! - [`runtime`]: the immutable per-config snapshot the request path reads.
 //! - [`proxy`]: THE request path (`proxy/mod.rs`), header rules, forwarding, problem+json.
 //! - [`server`]: accept loops, graceful drain, the admin listener.
+//! - [`auth`]: credential extraction, the key format and its checksum.
+//! - [`store`]: key records, the stores, the in-process key cache.
 //! - [`telemetry`]: Prometheus collectors and logging.
 //! - [`app`]: wiring, signals, reload. [`cli`]: the command line.
 //! - [`clock`]: the only reader of the system clock.
@@ -24,9 +26,11 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod proxy;
 pub mod runtime;
 pub mod server;

@@ -2,42 +2,52 @@
 //! and map errors to the exit codes of SPEC §1 (0 ok, 1 runtime, 2 usage or
 //! config).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use keyward::app::{self, ConfigSource};
-use keyward::cli::{Cli, Command, ServeArgs};
+use keyward::cli::{keys, Cli, Command, ServeArgs};
 use keyward::config::Config;
-use keyward::telemetry::logging;
+use keyward::store::Store;
+use keyward::telemetry::logging::{self, LogFormat, LogTarget};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, message)) => {
-            eprintln!(
-                "keyward: {}",
-                message.trim_end().replace('\n', "\nkeyward: ")
-            );
+            eprintln!("keyward: {}", message.trim_end().replace('\n', "\nkeyward: "));
             ExitCode::from(code)
         }
     }
 }
 
-fn config_path(args: &ServeArgs) -> Result<std::path::PathBuf, (u8, String)> {
-    args.config.clone().ok_or_else(|| {
-        (
-            2,
-            "no config file: pass --config PATH or set KEYWARD_CONFIG".to_string(),
-        )
-    })
+type Failure = (u8, String);
+
+fn config_path(args: &ServeArgs) -> Result<PathBuf, Failure> {
+    args.config
+        .clone()
+        .ok_or_else(|| (2, "no config file: pass --config PATH or set KEYWARD_CONFIG".to_string()))
 }
 
-fn run(cli: Cli) -> Result<(), (u8, String)> {
+fn load(args: &ServeArgs) -> Result<(PathBuf, Config), Failure> {
+    let path = config_path(args)?;
+    let config = Config::load(&path, &args.overrides()).map_err(|e| (2, e.to_string()))?;
+    Ok((path, config))
+}
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (1, format!("cannot start the async runtime: {e}")))
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::CheckConfig(args) => {
-            let path = config_path(&args)?;
-            let config = Config::load(&path, &args.overrides()).map_err(|e| (2, e.to_string()))?;
+            let (path, config) = load(&args)?;
             keyward::runtime::Runtime::new(std::sync::Arc::new(config.clone()))
                 .map_err(|e| (2, format!("{}: {e}", path.display())))?;
             println!("{}: OK", path.display());
@@ -46,17 +56,34 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
         }
         Command::Serve(args) => {
             let path = config_path(&args)?;
-            logging::init(cli.log_format, &cli.log_level).map_err(|e| (2, e))?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| (1, format!("cannot start the async runtime: {e}")))?;
-            let source = ConfigSource {
-                path,
-                overrides: args.overrides(),
-            };
-            rt.block_on(app::serve(source))
+            let format = cli.log_format.unwrap_or(LogFormat::Json);
+            logging::init(format, &cli.log_level, LogTarget::Stdout).map_err(|e| (2, e))?;
+            let source = ConfigSource { path, overrides: args.overrides() };
+            tokio_runtime()?
+                .block_on(app::serve(source))
                 .map_err(|e| (e.exit_code() as u8, e.to_string()))
+        }
+        Command::Demo(args) => {
+            let format = cli.log_format.unwrap_or(LogFormat::Text);
+            logging::init(format, &cli.log_level, LogTarget::Stdout).map_err(|e| (2, e))?;
+            tokio_runtime()?.block_on(keyward::demo::run(&args))
+        }
+        Command::Keys { store, command } => {
+            // Lifecycle events (key.created, …) go to stderr, so stdout
+            // carries only the command's output (and --json stays parsable).
+            let format = cli.log_format.unwrap_or(LogFormat::Text);
+            logging::init(format, &cli.log_level, LogTarget::Stderr).map_err(|e| (2, e))?;
+            if let keys::KeysCommand::Hash { key } = &command {
+                println!("{}", keyward::store::KeyHash::of(key).to_hex());
+                return Ok(());
+            }
+            let (_, config) = load(&store)?;
+            tokio_runtime()?
+                .block_on(async {
+                    let store = Store::from_config(&config.store)?;
+                    keys::run(&config, &store, command).await
+                })
+                .map_err(|e: keys::KeysError| (e.code, e.message))
         }
     }
 }

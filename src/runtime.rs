@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 
+use crate::auth::key::KeyFormat;
 use crate::config::Config;
 use crate::proxy::headers::HeaderPolicy;
 
@@ -14,6 +15,7 @@ use crate::proxy::headers::HeaderPolicy;
 pub struct Runtime {
     pub config: Arc<Config>,
     pub headers: HeaderPolicy,
+    pub key_format: KeyFormat,
     pub upstream_scheme: Scheme,
     pub upstream_authority: Authority,
     pub request_timeout: Duration,
@@ -43,6 +45,7 @@ impl Runtime {
             .ok_or_else(|| RuntimeError::Upstream(format!("{url}: no host")))?;
         Ok(Runtime {
             headers: HeaderPolicy::new(&config),
+            key_format: KeyFormat::new(&config.keys),
             upstream_scheme,
             upstream_authority,
             request_timeout: config.upstream.request_timeout,

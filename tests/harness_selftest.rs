@@ -31,49 +31,33 @@ fn redis_server_runs_on_its_own_loopback_port_not_6379() {
         info.contains(&format!("tcp_port:{}", redis.port())),
         "INFO does not name our port: {info}"
     );
-    let dir = redis
-        .cmd(&["CONFIG", "GET", "dir"])
-        .expect("CONFIG GET dir");
+    let dir = redis.cmd(&["CONFIG", "GET", "dir"]).expect("CONFIG GET dir");
     let dir = dir.into_strings();
     let ours = redis.dir().canonicalize().expect("canonical temp dir");
     assert_eq!(dir.get(1).map(std::path::PathBuf::from), Some(ours));
     // No persistence: a restart must start empty.
-    let save = redis
-        .cmd(&["CONFIG", "GET", "save"])
-        .expect("CONFIG GET save");
+    let save = redis.cmd(&["CONFIG", "GET", "save"]).expect("CONFIG GET save");
     assert_eq!(save.into_strings(), vec!["save", ""]);
-    let aof = redis
-        .cmd(&["CONFIG", "GET", "appendonly"])
-        .expect("CONFIG GET");
+    let aof = redis.cmd(&["CONFIG", "GET", "appendonly"]).expect("CONFIG GET");
     assert_eq!(aof.into_strings(), vec!["appendonly", "no"]);
-    let bind = redis
-        .cmd(&["CONFIG", "GET", "bind"])
-        .expect("CONFIG GET bind");
+    let bind = redis.cmd(&["CONFIG", "GET", "bind"]).expect("CONFIG GET bind");
     assert_eq!(bind.into_strings(), vec!["bind", "127.0.0.1"]);
 }
 
 #[test]
 fn redis_cmd_sets_and_gets_and_reports_errors() {
     let redis = RedisServer::start();
-    assert_eq!(
-        redis.cmd(&["SET", "greeting", "hello world"]),
-        Ok(RespValue::Simple("OK".into()))
-    );
+    assert_eq!(redis.cmd(&["SET", "greeting", "hello world"]), Ok(RespValue::Simple("OK".into())));
     assert_eq!(redis.get("greeting").as_deref(), Some("hello world"));
     assert_eq!(redis.get("absent"), None);
-    assert_eq!(
-        redis.cmd(&["INCRBY", "n", "41"]),
-        Ok(RespValue::Integer(41))
-    );
+    assert_eq!(redis.cmd(&["INCRBY", "n", "41"]), Ok(RespValue::Integer(41)));
     redis.cmd(&["HSET", "h", "b", "2", "a", "1"]).expect("HSET");
     let h = redis.hgetall("h");
     assert_eq!(h.get("a").map(String::as_str), Some("1"));
     assert_eq!(h.get("b").map(String::as_str), Some("2"));
     assert_eq!(redis.keys("*"), vec!["greeting", "h", "n"]);
     // A Redis error reply is an Err, so `.expect` in tests catches it.
-    let err = redis
-        .cmd(&["INCR", "greeting"])
-        .expect_err("INCR on a non-integer must fail");
+    let err = redis.cmd(&["INCR", "greeting"]).expect_err("INCR on a non-integer must fail");
     assert!(err.starts_with("redis error: ERR"), "{err}");
 }
 
@@ -92,11 +76,7 @@ fn redis_kill_makes_ping_fail_and_restart_comes_back_empty_on_the_same_port() {
     redis.restart();
     assert_eq!(redis.port(), port);
     assert!(redis.ping(), "PING fails after restart()");
-    assert_eq!(
-        redis.get("k"),
-        None,
-        "data survived a restart: persistence is on"
-    );
+    assert_eq!(redis.get("k"), None, "data survived a restart: persistence is on");
 }
 
 #[test]
@@ -115,11 +95,7 @@ fn redis_servers_are_independent_and_dropping_one_kills_it() {
     assert_ne!(a.port(), b.port());
     a.cmd(&["SET", "only-in-a", "1"]).expect("SET");
     assert_eq!(b.get("only-in-a"), None);
-    let info = a
-        .cmd(&["INFO", "server"])
-        .expect("INFO")
-        .into_strings()
-        .concat();
+    let info = a.cmd(&["INFO", "server"]).expect("INFO").into_strings().concat();
     let pid = info
         .lines()
         .find_map(|l| l.trim().strip_prefix("process_id:"))
@@ -139,13 +115,9 @@ fn redis_servers_are_independent_and_dropping_one_kills_it() {
 fn redis_persistent_connection_receives_pubsub_messages() {
     let redis = RedisServer::start();
     let mut sub = redis.connect().expect("connect");
-    let reply = sub
-        .cmd(&["SUBSCRIBE", "keyward:events"])
-        .expect("SUBSCRIBE");
+    let reply = sub.cmd(&["SUBSCRIBE", "keyward:events"]).expect("SUBSCRIBE");
     assert_eq!(reply.as_array().map(<[RespValue]>::len), Some(3));
-    let receivers = redis
-        .cmd(&["PUBLISH", "keyward:events", "invalidate abc 1"])
-        .expect("PUBLISH");
+    let receivers = redis.cmd(&["PUBLISH", "keyward:events", "invalidate abc 1"]).expect("PUBLISH");
     assert_eq!(receivers, RespValue::Integer(1));
     let msg = sub.read_timeout(SHORT).expect("message").into_strings();
     assert_eq!(msg, vec!["message", "keyward:events", "invalidate abc 1"]);
@@ -209,10 +181,8 @@ async fn upstream_records_method_target_headers_and_body_length() {
     assert_eq!(rec.header("x-other"), Some("o"));
     assert!(rec.has_header("host"));
     let names: Vec<&str> = rec.headers.iter().map(|(n, _)| n.as_str()).collect();
-    let (t, o) = (
-        names.iter().position(|n| *n == "x-test"),
-        names.iter().position(|n| *n == "x-other"),
-    );
+    let (t, o) =
+        (names.iter().position(|n| *n == "x-test"), names.iter().position(|n| *n == "x-other"));
     assert!(t < o, "headers not in received order: {names:?}");
 
     up.clear();
@@ -251,9 +221,8 @@ async fn upstream_bytes_n_streams_exactly_n_pattern_bytes() {
 #[tokio::test]
 async fn upstream_echo_body_returns_5_mib_unchanged_and_chunked() {
     let up = EchoUpstream::start();
-    let body: Vec<u8> = (0..5 * 1024 * 1024u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
+    let body: Vec<u8> =
+        (0..5 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     let resp = http::request(
         "PUT",
         &format!("{}/v1/upload/echo-body", up.url()),
@@ -279,9 +248,7 @@ fn upstream_ws_answers_101_then_echoes_until_eof() {
     let head = http::read_head(&mut s, SHORT);
     let (status, headers, _) = parse_raw_response(&head);
     assert_eq!(status, 101, "{}", String::from_utf8_lossy(&head));
-    assert!(headers
-        .iter()
-        .any(|(n, v)| n.eq_ignore_ascii_case("upgrade") && v == "websocket"));
+    assert!(headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("upgrade") && v == "websocket"));
 
     for msg in [&b"hello"[..], b"\x81\x05binary\x00\xff"] {
         s.write_all(msg).expect("write into tunnel");
@@ -309,10 +276,7 @@ async fn upstream_slow_waits_the_requested_time() {
     let resp = http::get(&format!("{}/v1/jobs/slow?ms=300", up.url()), &[]).await;
     let took = start.elapsed();
     assert_eq!(resp.status, 200);
-    assert!(
-        took >= Duration::from_millis(300),
-        "answered after {took:?}"
-    );
+    assert!(took >= Duration::from_millis(300), "answered after {took:?}");
     assert!(took < Duration::from_secs(5), "answered after {took:?}");
     let start = Instant::now();
     http::get(&format!("{}/slow", up.url()), &[]).await;
@@ -337,10 +301,7 @@ fn upstream_hop_sends_hop_by_hop_headers_and_an_end_to_end_one() {
     let (status, headers, _) = parse_raw_response(&resp);
     assert_eq!(status, 200);
     let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     };
     assert_eq!(get("connection"), Some("close, X-Hop-Resp"));
     assert_eq!(get("x-hop-resp"), Some("1"));
@@ -355,10 +316,7 @@ async fn upstream_reset_closes_without_answering() {
     let start = Instant::now();
     let bytes = http::raw(up.addr(), b"GET /reset HTTP/1.1\r\nHost: x\r\n\r\n", SHORT);
     assert!(bytes.is_empty(), "got an answer: {bytes:?}");
-    assert!(
-        start.elapsed() < SHORT,
-        "connection was not closed, read timed out"
-    );
+    assert!(start.elapsed() < SHORT, "connection was not closed, read timed out");
     let err = http::try_request("GET", &format!("{}/reset", up.url()), &[], Bytes::new()).await;
     assert!(err.is_err(), "a response arrived: {err:?}");
     assert_eq!(up.count(), 2, "the unanswered requests are still recorded");
@@ -381,8 +339,7 @@ fn stopping_the_upstream_closes_connections_and_refuses_until_it_comes_back() {
     let addr = up.addr();
     // A kept-alive connection that has been answered once.
     let mut s = http::connect(addr, SHORT);
-    s.write_all(b"GET /status/204 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("write");
+    s.write_all(b"GET /status/204 HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
     let head = http::read_head(&mut s, SHORT);
     assert!(head.starts_with(b"HTTP/1.1 204"), "{head:?}");
 
@@ -405,11 +362,7 @@ fn stopping_the_upstream_closes_connections_and_refuses_until_it_comes_back() {
     drop(reserved);
     let again = EchoUpstream::start_on(addr.port());
     assert_eq!(http::get_blocking(&again.url(), &[]).status, 200);
-    assert_eq!(
-        again.count(),
-        1,
-        "a restarted upstream starts with no records"
-    );
+    assert_eq!(again.count(), 1, "a restarted upstream starts with no records");
 }
 
 // ---- clients and helpers -------------------------------------------------
@@ -483,14 +436,8 @@ fn metrics_text_is_parsed_by_name_and_labels() {
                 keyward_requests_total{route=\"/a\\\"b\",method=\"GET\",outcome=\"forbidden\"} 1\n\
                 keyward_store_up 1\n";
     use support::metrics;
-    assert_eq!(
-        metrics::sum(text, "keyward_requests_total", &[("outcome", "allowed")]),
-        Some(5.0)
-    );
-    assert_eq!(
-        metrics::sum(text, "keyward_requests_total", &[("route", "/a\"b")]),
-        Some(1.0)
-    );
+    assert_eq!(metrics::sum(text, "keyward_requests_total", &[("outcome", "allowed")]), Some(5.0));
+    assert_eq!(metrics::sum(text, "keyward_requests_total", &[("route", "/a\"b")]), Some(1.0));
     assert_eq!(metrics::sum(text, "keyward_store_up", &[]), Some(1.0));
     assert_eq!(metrics::sum(text, "keyward_missing", &[]), None);
     assert!(metrics::has_metric(text, "keyward_requests_total"));
@@ -515,10 +462,7 @@ fn config_templates_are_yaml_with_loopback_listeners() {
         serde_yaml::from_str(&support::config_yaml("http://127.0.0.1:1234")).expect("YAML");
     assert_eq!(yaml["listen"].as_str(), Some("127.0.0.1:0"));
     assert_eq!(yaml["admin"]["listen"].as_str(), Some("127.0.0.1:0"));
-    assert_eq!(
-        yaml["upstream"]["url"].as_str(),
-        Some("http://127.0.0.1:1234")
-    );
+    assert_eq!(yaml["upstream"]["url"].as_str(), Some("http://127.0.0.1:1234"));
     assert_eq!(yaml["store"]["kind"].as_str(), Some("memory"));
     let yaml: serde_yaml::Value = serde_yaml::from_str(&support::redis_config_yaml(
         "http://127.0.0.1:1",
@@ -526,10 +470,7 @@ fn config_templates_are_yaml_with_loopback_listeners() {
     ))
     .expect("YAML");
     assert_eq!(yaml["store"]["kind"].as_str(), Some("redis"));
-    assert_eq!(
-        yaml["store"]["redis"]["url"].as_str(),
-        Some("redis://127.0.0.1:2/0")
-    );
+    assert_eq!(yaml["store"]["redis"]["url"].as_str(), Some("redis://127.0.0.1:2/0"));
 }
 
 // ---- keyward process harness (needs no working binary) -------------------
@@ -569,28 +510,16 @@ fn keyward_harness_reads_addresses_logs_and_signals_from_the_process() {
     assert_eq!(kw.admin_url("/metrics"), "http://127.0.0.1:40001/metrics");
     assert_eq!(kw.listening_event()["target"], "keyward::app");
 
-    let starting = kw
-        .wait_for_event("starting", 1, SHORT)
-        .expect("starting event");
+    let starting = kw.wait_for_event("starting", 1, SHORT).expect("starting event");
     assert_eq!(starting["log_level"], "debug", "KEYWARD_LOG_LEVEL default");
     let cwd = std::path::PathBuf::from(starting["cwd"].as_str().expect("cwd"));
-    assert_eq!(
-        cwd.canonicalize().expect("cwd"),
-        kw.dir().canonicalize().expect("dir")
-    );
+    assert_eq!(cwd.canonicalize().expect("cwd"), kw.dir().canonicalize().expect("dir"));
     assert!(kw.dir().join("keys.yaml").is_file());
-    assert_eq!(
-        std::fs::read_to_string(kw.config_path()).expect("config"),
-        "listen: 127.0.0.1:0\n"
-    );
-    assert!(support::wait_until(SHORT, || kw
-        .stderr()
-        .contains("--extra")));
+    assert_eq!(std::fs::read_to_string(kw.config_path()).expect("config"), "listen: 127.0.0.1:0\n");
+    assert!(support::wait_until(SHORT, || kw.stderr().contains("--extra")));
     let config = kw.config_path().display().to_string();
     assert!(
-        kw.stderr().contains(&format!(
-            "args: serve --config {config} --log-format json --extra"
-        )),
+        kw.stderr().contains(&format!("args: serve --config {config} --log-format json --extra")),
         "{}",
         kw.stderr()
     );
@@ -598,10 +527,7 @@ fn keyward_harness_reads_addresses_logs_and_signals_from_the_process() {
     assert_eq!(kw.log_events("listening").len(), 1);
 
     kw.write_config("listen: 127.0.0.1:1\n");
-    assert_eq!(
-        std::fs::read_to_string(kw.config_path()).expect("config"),
-        "listen: 127.0.0.1:1\n"
-    );
+    assert_eq!(std::fs::read_to_string(kw.config_path()).expect("config"), "listen: 127.0.0.1:1\n");
 
     assert!(kw.is_running());
     assert!(kw.signal("SIGTERM"));
@@ -617,9 +543,8 @@ fn keyward_harness_reads_addresses_logs_and_signals_from_the_process() {
 #[test]
 fn keyward_harness_finds_listening_under_fields_and_kills_on_drop() {
     let script = r#"echo '{"fields":{"message":"listening","proxy":"127.0.0.1:5"}}'; echo "pid $$" >&2; exec sleep 30"#;
-    let kw = support::keyward::Keyward::builder()
-        .program("bash", &["-c", script, "stand-in"])
-        .start();
+    let kw =
+        support::keyward::Keyward::builder().program("bash", &["-c", script, "stand-in"]).start();
     assert_eq!(kw.addr().port(), 5);
     let pid = kw.pid().to_string();
     drop(kw);
@@ -635,10 +560,7 @@ fn keyward_harness_finds_listening_under_fields_and_kills_on_drop() {
 #[test]
 fn keyward_run_to_exit_returns_status_and_output() {
     let out = support::keyward::Keyward::builder()
-        .program(
-            "bash",
-            &["-c", "echo out; echo err >&2; exit 2", "stand-in"],
-        )
+        .program("bash", &["-c", "echo out; echo err >&2; exit 2", "stand-in"])
         .run_to_exit(SHORT);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(out.stdout, b"out\n");

@@ -58,10 +58,7 @@ async fn keys_created_through_a_memory_store_config_persist_for_the_next_process
     assert_eq!(cli.kind_name(), "memory");
     assert!(cli.is_up());
     cli.wait_until_up(Duration::ZERO).await.expect("always up");
-    assert_eq!(
-        cli.get(&seeded).await.expect("get").map(|r| r.id),
-        Some("key_seed".to_owned())
-    );
+    assert_eq!(cli.get(&seeded).await.expect("get").map(|r| r.id), Some("key_seed".to_owned()));
     let key = "kw_live_NewlyMintedSecretPart0123456789ab";
     let hash = KeyHash::of(key);
     cli.insert(&hash, &record("key_new")).await.expect("insert");
@@ -95,10 +92,7 @@ async fn a_broken_keys_file_is_refused_with_its_path_line_and_entry() {
     assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
     let message = err.to_string();
     let file = dir.path().join("keys.yaml");
-    assert!(
-        message.starts_with(&format!("{}:2:5: keys[0].hash:", file.display())),
-        "{message}"
-    );
+    assert!(message.starts_with(&format!("{}:2:5: keys[0].hash:", file.display())), "{message}");
 }
 
 #[tokio::test]
@@ -107,11 +101,7 @@ async fn a_redis_store_config_builds_at_once_while_redis_is_down() {
     let refused = ReservedPort::new();
     let path = dir.path().join("keyward.yaml");
     let url = format!("redis://:sekrit@127.0.0.1:{}/0", refused.port());
-    fs::write(
-        &path,
-        support::redis_config_yaml("http://127.0.0.1:9", &url),
-    )
-    .expect("write");
+    fs::write(&path, support::redis_config_yaml("http://127.0.0.1:9", &url)).expect("write");
     let config = load_config(&path);
 
     let started = Instant::now();
@@ -121,12 +111,6 @@ async fn a_redis_store_config_builds_at_once_while_redis_is_down() {
     assert!(!store.is_up());
     let err = store.ping().await.expect_err("nothing answers");
     assert!(err.is_outage(), "{err:?}");
-    let err = store
-        .wait_until_up(Duration::from_millis(200))
-        .await
-        .expect_err("still down");
-    assert!(
-        !err.to_string().contains("sekrit"),
-        "password leaked: {err}"
-    );
+    let err = store.wait_until_up(Duration::from_millis(200)).await.expect_err("still down");
+    assert!(!err.to_string().contains("sekrit"), "password leaked: {err}");
 }

@@ -34,10 +34,7 @@ fn config(server: &RedisServer) -> RedisConfig {
 /// A connected store (waits for the background connect).
 async fn store_for(server: &RedisServer) -> RedisStore {
     let store = RedisStore::new(&config(server)).expect("store");
-    store
-        .wait_until_up(Duration::from_secs(5))
-        .await
-        .expect("store connects");
+    store.wait_until_up(Duration::from_secs(5)).await.expect("store connects");
     store
 }
 
@@ -64,17 +61,13 @@ async fn wait_subscribed(server: &RedisServer, n: i64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let reply = server.cmd(&["PUBSUB", "NUMSUB", &channel]);
-        let count = reply.ok().and_then(|v| {
-            v.as_array()
-                .and_then(|a| a.get(1).and_then(RespValue::as_int))
-        });
+        let count = reply
+            .ok()
+            .and_then(|v| v.as_array().and_then(|a| a.get(1).and_then(RespValue::as_int)));
         if count == Some(n) {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "subscriber not subscribed in 5 s"
-        );
+        assert!(Instant::now() < deadline, "subscriber not subscribed in 5 s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -96,12 +89,7 @@ type Events = mpsc::UnboundedReceiver<(KeyHash, u64)>;
 /// A subscriber whose events and resubscriptions the test can watch.
 fn subscriber(
     server: &RedisServer,
-) -> (
-    Events,
-    Arc<AtomicUsize>,
-    watch::Sender<bool>,
-    tokio::task::JoinHandle<()>,
-) {
+) -> (Events, Arc<AtomicUsize>, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let resubscribed = Arc::new(AtomicUsize::new(0));
     let counter = resubscribed.clone();
@@ -143,10 +131,7 @@ async fn insert_then_get_round_trips_every_field_in_the_spec_layout() {
     store.insert(&hash, &rec).await.expect("insert");
 
     assert_eq!(store.get(&hash).await.expect("get"), Some(rec.clone()));
-    assert_eq!(
-        store.get_by_id("key_rt").await.expect("by id"),
-        Some((hash, rec.clone()))
-    );
+    assert_eq!(store.get_by_id("key_rt").await.expect("by id"), Some((hash, rec.clone())));
     assert_eq!(store.get(&KeyHash::of("unknown")).await.expect("get"), None);
     assert_eq!(store.get_by_id("key_nope").await.expect("by id"), None);
 
@@ -165,16 +150,11 @@ async fn insert_then_get_round_trips_every_field_in_the_spec_layout() {
         ("plan", "pro"),
         ("scopes", "jobs:read jobs:write"),
     ];
-    let got: Vec<(&str, &str)> = fields
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let got: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(got, expected, "absent = never expires / not revoked");
     assert_eq!(server.get(&format!("{PREFIX}id:key_rt")), Some(hex));
-    let owners = server
-        .cmd(&["SMEMBERS", &format!("{PREFIX}owner:acme")])
-        .expect("SMEMBERS")
-        .into_strings();
+    let owners =
+        server.cmd(&["SMEMBERS", &format!("{PREFIX}owner:acme")]).expect("SMEMBERS").into_strings();
     assert_eq!(owners, ["key_rt"]);
 }
 
@@ -207,10 +187,7 @@ async fn stored_data_holds_the_hash_and_never_the_plaintext_key() {
         }
     }
     assert!(everything.contains(&hash.to_hex()), "{everything}");
-    assert!(
-        !everything.contains(key),
-        "the plaintext key is stored:\n{everything}"
-    );
+    assert!(!everything.contains(key), "the plaintext key is stored:\n{everything}");
     // Not even the secret part after the display prefix.
     assert!(!everything.contains(&key[12..]), "{everything}");
 }
@@ -272,23 +249,14 @@ async fn a_record_without_owner_is_invalid_not_a_panic_or_a_match() {
     let server = RedisServer::start();
     let store = store_for(&server).await;
     let hash = KeyHash::of("kw_live_broken");
-    server
-        .cmd(&[
-            "HSET",
-            &format!("{PREFIX}key:{}", hash.to_hex()),
-            "id",
-            "key_x",
-        ])
-        .expect("HSET");
+    server.cmd(&["HSET", &format!("{PREFIX}key:{}", hash.to_hex()), "id", "key_x"]).expect("HSET");
     let got = store.get(&hash).await;
     assert!(matches!(got, Err(StoreError::Invalid(_))), "{got:?}");
     // A listing skips it rather than failing whole.
     assert!(store.list(None).await.expect("list").is_empty());
     // Wrong type under the key name: bad data, not an outage.
     let other = KeyHash::of("kw_live_string");
-    server
-        .cmd(&["SET", &format!("{PREFIX}key:{}", other.to_hex()), "x"])
-        .expect("SET");
+    server.cmd(&["SET", &format!("{PREFIX}key:{}", other.to_hex()), "x"]).expect("SET");
     let got = store.get(&other).await;
     assert!(matches!(got, Err(StoreError::Invalid(_))), "{got:?}");
     assert!(store.is_up());
@@ -299,28 +267,14 @@ async fn insert_refuses_a_taken_hash_or_id_and_writes_nothing() {
     let server = RedisServer::start();
     let store = store_for(&server).await;
     let hash = KeyHash::of("kw_live_one");
-    store
-        .insert(&hash, &record("key_1", "acme", 1))
-        .await
-        .expect("insert");
+    store.insert(&hash, &record("key_1", "acme", 1)).await.expect("insert");
 
     // A retry of the same insert (its reply lost) is not a conflict.
-    store
-        .insert(&hash, &record("key_1", "acme", 1))
-        .await
-        .expect("same insert again");
+    store.insert(&hash, &record("key_1", "acme", 1)).await.expect("same insert again");
     let same_hash = store.insert(&hash, &record("key_2", "acme", 1)).await;
-    assert!(
-        matches!(same_hash, Err(StoreError::Conflict(_))),
-        "{same_hash:?}"
-    );
-    let same_id = store
-        .insert(&KeyHash::of("kw_live_two"), &record("key_1", "zed", 1))
-        .await;
-    assert!(
-        matches!(same_id, Err(StoreError::Conflict(_))),
-        "{same_id:?}"
-    );
+    assert!(matches!(same_hash, Err(StoreError::Conflict(_))), "{same_hash:?}");
+    let same_id = store.insert(&KeyHash::of("kw_live_two"), &record("key_1", "zed", 1)).await;
+    assert!(matches!(same_id, Err(StoreError::Conflict(_))), "{same_id:?}");
 
     assert_eq!(
         server.keys(&format!("{PREFIX}*")),
@@ -330,9 +284,7 @@ async fn insert_refuses_a_taken_hash_or_id_and_writes_nothing() {
             format!("{PREFIX}owner:acme"),
         ]
     );
-    let bad = store
-        .insert(&KeyHash::of("kw_live_three"), &record("key 3", "acme", 1))
-        .await;
+    let bad = store.insert(&KeyHash::of("kw_live_three"), &record("key 3", "acme", 1)).await;
     assert!(matches!(bad, Err(StoreError::Invalid(_))), "{bad:?}");
 }
 
@@ -346,26 +298,15 @@ async fn list_by_owner_and_all_sorted_by_creation_then_id() {
         ("c", "key_a", "acme", 3),
         ("d", "key_z", "zed", 1),
     ] {
-        store
-            .insert(&KeyHash::of(key), &record(id, owner, t))
-            .await
-            .expect("insert");
+        store.insert(&KeyHash::of(key), &record(id, owner, t)).await.expect("insert");
     }
     // An id whose index vanished is skipped, not an error.
-    server
-        .cmd(&["SADD", &format!("{PREFIX}owner:acme"), "key_gone"])
-        .expect("SADD");
+    server.cmd(&["SADD", &format!("{PREFIX}owner:acme"), "key_gone"]).expect("SADD");
     let ids = |keys: Vec<(KeyHash, KeyRecord)>| -> Vec<String> {
         keys.into_iter().map(|(_, r)| r.id).collect()
     };
-    assert_eq!(
-        ids(store.list(Some("acme")).await.expect("list")),
-        ["key_b", "key_c", "key_a"]
-    );
-    assert_eq!(
-        ids(store.list(None).await.expect("list")),
-        ["key_z", "key_b", "key_c", "key_a"]
-    );
+    assert_eq!(ids(store.list(Some("acme")).await.expect("list")), ["key_b", "key_c", "key_a"]);
+    assert_eq!(ids(store.list(None).await.expect("list")), ["key_z", "key_b", "key_c", "key_a"]);
     assert!(store.list(Some("nobody")).await.expect("list").is_empty());
 }
 
@@ -375,10 +316,7 @@ async fn list_of_many_keys_crosses_scan_and_pipeline_batches() {
     let store = store_for(&server).await;
     for i in 0..250u64 {
         store
-            .insert(
-                &KeyHash::of(&format!("k{i}")),
-                &record(&format!("key_{i:03}"), "acme", i),
-            )
+            .insert(&KeyHash::of(&format!("k{i}")), &record(&format!("key_{i:03}"), "acme", i))
             .await
             .expect("insert");
     }
@@ -396,10 +334,7 @@ async fn revoke_sets_revoked_at_and_a_subscriber_hears_invalidate_within_1s() {
     wait_subscribed(&server, 1).await;
 
     let hash = KeyHash::of("kw_live_revoke_me");
-    store
-        .insert(&hash, &record("key_rv", "acme", 1))
-        .await
-        .expect("insert");
+    store.insert(&hash, &record("key_rv", "acme", 1)).await.expect("insert");
     let before = unix_ms();
     let started = Instant::now();
     let revoked = store.revoke("key_rv", 1_800_000_000).await.expect("revoke");
@@ -407,38 +342,19 @@ async fn revoke_sets_revoked_at_and_a_subscriber_hears_invalidate_within_1s() {
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(got, hash);
     // Published with the server's clock, in milliseconds.
-    assert!(
-        ms + 1000 >= before && ms <= unix_ms() + 1000,
-        "{ms} vs {before}"
-    );
+    assert!(ms + 1000 >= before && ms <= unix_ms() + 1000, "{ms} vs {before}");
 
     assert_eq!(revoked.revoked_at, Some(1_800_000_000));
     let fields = server.hgetall(&format!("{PREFIX}key:{}", hash.to_hex()));
-    assert_eq!(
-        fields.get("revoked_at").map(String::as_str),
-        Some("1800000000")
-    );
+    assert_eq!(fields.get("revoked_at").map(String::as_str), Some("1800000000"));
     // An earlier revocation time is kept; the event is sent again anyway.
-    let again = store
-        .revoke("key_rv", 1_900_000_000)
-        .await
-        .expect("revoke again");
+    let again = store.revoke("key_rv", 1_900_000_000).await.expect("revoke again");
     assert_eq!(again.revoked_at, Some(1_800_000_000));
-    assert_eq!(
-        next_event(&mut events, Duration::from_secs(1)).await.0,
-        hash
-    );
+    assert_eq!(next_event(&mut events, Duration::from_secs(1)).await.0, hash);
 
     let missing = store.revoke("key_nope", 1).await;
-    assert!(
-        matches!(missing, Err(StoreError::NotFound(_))),
-        "{missing:?}"
-    );
-    assert_eq!(
-        resubscribed.load(Ordering::SeqCst),
-        0,
-        "no reconnection happened"
-    );
+    assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
+    assert_eq!(resubscribed.load(Ordering::SeqCst), 0, "no reconnection happened");
 
     let _ = stop.send(true);
     tokio::time::timeout(Duration::from_secs(2), task)
@@ -455,35 +371,20 @@ async fn set_expires_at_sets_and_clears_the_field_and_publishes() {
     wait_subscribed(&server, 1).await;
     let hash = KeyHash::of("kw_live_rotate_me");
     let key = format!("{PREFIX}key:{}", hash.to_hex());
-    store
-        .insert(&hash, &record("key_ex", "acme", 1))
-        .await
-        .expect("insert");
+    store.insert(&hash, &record("key_ex", "acme", 1)).await.expect("insert");
 
     let r = store.set_expires_at("key_ex", Some(42)).await.expect("set");
     assert_eq!(r.expires_at, Some(42));
-    assert_eq!(
-        server.hgetall(&key).get("expires_at").map(String::as_str),
-        Some("42")
-    );
-    assert_eq!(
-        next_event(&mut events, Duration::from_secs(1)).await.0,
-        hash
-    );
+    assert_eq!(server.hgetall(&key).get("expires_at").map(String::as_str), Some("42"));
+    assert_eq!(next_event(&mut events, Duration::from_secs(1)).await.0, hash);
 
     let r = store.set_expires_at("key_ex", None).await.expect("clear");
     assert_eq!(r.expires_at, None);
     assert!(!server.hgetall(&key).contains_key("expires_at"));
-    assert_eq!(
-        next_event(&mut events, Duration::from_secs(1)).await.0,
-        hash
-    );
+    assert_eq!(next_event(&mut events, Duration::from_secs(1)).await.0, hash);
 
     let missing = store.set_expires_at("key_nope", Some(1)).await;
-    assert!(
-        matches!(missing, Err(StoreError::NotFound(_))),
-        "{missing:?}"
-    );
+    assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,20 +393,12 @@ async fn touch_last_used_updates_known_keys_and_never_creates_a_hash() {
     let store = store_for(&server).await;
     let known = KeyHash::of("kw_live_known");
     let unknown = KeyHash::of("kw_live_deleted");
-    store
-        .insert(&known, &record("key_k", "acme", 1))
-        .await
-        .expect("insert");
-    store
-        .touch_last_used(&[(known, 100), (unknown, 100)])
-        .await
-        .expect("touch");
+    store.insert(&known, &record("key_k", "acme", 1)).await.expect("insert");
+    store.touch_last_used(&[(known, 100), (unknown, 100)]).await.expect("touch");
     // An older time from a slower replica does not move it back.
     store.touch_last_used(&[(known, 50)]).await.expect("touch");
 
-    assert!(server
-        .keys(&format!("{PREFIX}key:{}", unknown.to_hex()))
-        .is_empty());
+    assert!(server.keys(&format!("{PREFIX}key:{}", unknown.to_hex())).is_empty());
     let r = store.get(&known).await.expect("get").expect("present");
     assert_eq!(r.last_used_at, Some(100));
     store.touch_last_used(&[]).await.expect("empty batch");
@@ -517,15 +410,9 @@ async fn killed_redis_fails_fast_and_the_same_store_recovers_after_restart() {
     let mut config = config(&server);
     config.timeout = Duration::from_millis(100);
     let store = RedisStore::new(&config).expect("store");
-    store
-        .wait_until_up(Duration::from_secs(5))
-        .await
-        .expect("up");
+    store.wait_until_up(Duration::from_secs(5)).await.expect("up");
     let hash = KeyHash::of("kw_live_outage");
-    store
-        .insert(&hash, &record("key_o", "acme", 1))
-        .await
-        .expect("insert");
+    store.insert(&hash, &record("key_o", "acme", 1)).await.expect("insert");
     store.ping().await.expect("ping");
 
     server.kill();
@@ -536,10 +423,7 @@ async fn killed_redis_fails_fast_and_the_same_store_recovers_after_restart() {
         "the first call after the kill took {:?}",
         started.elapsed()
     );
-    assert!(
-        matches!(first, Err(StoreError::Unavailable(_) | StoreError::Timeout)),
-        "{first:?}"
-    );
+    assert!(matches!(first, Err(StoreError::Unavailable(_) | StoreError::Timeout)), "{first:?}");
     // Once the outage is known, calls fail at once, without waiting.
     for _ in 0..20 {
         if !store.is_up() {
@@ -550,31 +434,18 @@ async fn killed_redis_fails_fast_and_the_same_store_recovers_after_restart() {
     assert!(!store.is_up());
     let started = Instant::now();
     let later = store.get(&hash).await;
-    assert!(
-        started.elapsed() < Duration::from_millis(20),
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(
-        matches!(later, Err(StoreError::Unavailable(_))),
-        "{later:?}"
-    );
+    assert!(started.elapsed() < Duration::from_millis(20), "{:?}", started.elapsed());
+    assert!(matches!(later, Err(StoreError::Unavailable(_))), "{later:?}");
     assert!(store.ping().await.is_err());
 
     // Down for a while, so the probe backs off, then back (empty: no persistence).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     server.restart();
     let back = Instant::now();
-    store
-        .wait_until_up(Duration::from_secs(5))
-        .await
-        .expect("the same store recovers by itself");
+    store.wait_until_up(Duration::from_secs(5)).await.expect("the same store recovers by itself");
     assert!(back.elapsed() < Duration::from_secs(5));
     assert_eq!(store.get(&hash).await.expect("get"), None);
-    store
-        .insert(&hash, &record("key_o", "acme", 1))
-        .await
-        .expect("insert again");
+    store.insert(&hash, &record("key_o", "acme", 1)).await.expect("insert again");
     assert!(store.get(&hash).await.expect("get").is_some());
 }
 
@@ -584,34 +455,19 @@ async fn a_store_started_while_redis_is_down_connects_when_it_comes_up() {
     server.kill();
     let started = Instant::now();
     let store = RedisStore::new(&config(&server)).expect("starts without Redis");
-    assert!(
-        started.elapsed() < Duration::from_millis(100),
-        "new() must not wait"
-    );
+    assert!(started.elapsed() < Duration::from_millis(100), "new() must not wait");
     assert!(!store.is_up());
     let started = Instant::now();
     let early = store.get(&KeyHash::of("x")).await;
-    assert!(
-        matches!(early, Err(StoreError::Unavailable(_))),
-        "{early:?}"
-    );
+    assert!(matches!(early, Err(StoreError::Unavailable(_))), "{early:?}");
     assert!(started.elapsed() < Duration::from_millis(50));
-    assert!(store
-        .wait_until_up(Duration::from_millis(300))
-        .await
-        .is_err());
+    assert!(store.wait_until_up(Duration::from_millis(300)).await.is_err());
 
     server.restart();
-    store
-        .wait_until_up(Duration::from_secs(8))
-        .await
-        .expect("connects once Redis is up");
+    store.wait_until_up(Duration::from_secs(8)).await.expect("connects once Redis is up");
     assert!(store.is_up());
     let hash = KeyHash::of("kw_live_late");
-    store
-        .insert(&hash, &record("key_l", "acme", 1))
-        .await
-        .expect("insert");
+    store.insert(&hash, &record("key_l", "acme", 1)).await.expect("insert");
     assert!(store.get(&hash).await.expect("get").is_some());
 }
 
@@ -622,15 +478,9 @@ async fn subscriber_resubscribes_after_a_redis_restart_and_keeps_delivering() {
     let (mut events, resubscribed, _stop, _task) = subscriber(&server);
     wait_subscribed(&server, 1).await;
     let hash = KeyHash::of("kw_live_before");
-    store
-        .insert(&hash, &record("key_b", "acme", 1))
-        .await
-        .expect("insert");
+    store.insert(&hash, &record("key_b", "acme", 1)).await.expect("insert");
     store.revoke("key_b", 2).await.expect("revoke");
-    assert_eq!(
-        next_event(&mut events, Duration::from_secs(1)).await.0,
-        hash
-    );
+    assert_eq!(next_event(&mut events, Duration::from_secs(1)).await.0, hash);
 
     server.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -640,20 +490,11 @@ async fn subscriber_resubscribes_after_a_redis_restart_and_keeps_delivering() {
 
     // Events still flow: from the store (once it is back) and from any
     // other publisher writing the SPEC §4 format.
-    store
-        .wait_until_up(Duration::from_secs(5))
-        .await
-        .expect("store back");
+    store.wait_until_up(Duration::from_secs(5)).await.expect("store back");
     let after = KeyHash::of("kw_live_after");
-    store
-        .insert(&after, &record("key_a", "acme", 1))
-        .await
-        .expect("insert");
+    store.insert(&after, &record("key_a", "acme", 1)).await.expect("insert");
     store.revoke("key_a", 2).await.expect("revoke");
-    assert_eq!(
-        next_event(&mut events, Duration::from_secs(1)).await.0,
-        after
-    );
+    assert_eq!(next_event(&mut events, Duration::from_secs(1)).await.0, after);
     let other = KeyHash::of("kw_live_other_system");
     server
         .cmd(&[
@@ -662,10 +503,7 @@ async fn subscriber_resubscribes_after_a_redis_restart_and_keeps_delivering() {
             &format!("invalidate {} 1793491200000", other.to_hex()),
         ])
         .expect("PUBLISH");
-    assert_eq!(
-        next_event(&mut events, Duration::from_secs(1)).await,
-        (other, 1_793_491_200_000)
-    );
+    assert_eq!(next_event(&mut events, Duration::from_secs(1)).await, (other, 1_793_491_200_000));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -679,16 +517,9 @@ async fn malformed_events_are_ignored_and_later_ones_still_arrive() {
         server.cmd(&["PUBLISH", &channel, junk]).expect("PUBLISH");
     }
     server
-        .cmd(&[
-            "PUBLISH",
-            &channel,
-            &format!("invalidate {} 5", hash.to_hex()),
-        ])
+        .cmd(&["PUBLISH", &channel, &format!("invalidate {} 5", hash.to_hex())])
         .expect("PUBLISH");
-    assert_eq!(
-        next_event(&mut events, Duration::from_secs(1)).await,
-        (hash, 5)
-    );
+    assert_eq!(next_event(&mut events, Duration::from_secs(1)).await, (hash, 5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -703,16 +534,9 @@ async fn a_subscriber_started_while_redis_is_down_subscribes_later_and_says_so()
     wait_resubscribed(&resubscribed, 1).await;
     let hash = KeyHash::of("kw_live_y");
     server
-        .cmd(&[
-            "PUBLISH",
-            &format!("{PREFIX}events"),
-            &format!("invalidate {} 9", hash.to_hex()),
-        ])
+        .cmd(&["PUBLISH", &format!("{PREFIX}events"), &format!("invalidate {} 9", hash.to_hex())])
         .expect("PUBLISH");
-    assert_eq!(
-        next_event(&mut events, Duration::from_secs(1)).await,
-        (hash, 9)
-    );
+    assert_eq!(next_event(&mut events, Duration::from_secs(1)).await, (hash, 9));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -726,9 +550,6 @@ async fn an_idle_store_rides_out_a_quick_redis_restart_without_failing_a_call() 
     let hash = KeyHash::of("kw_live_after_restart");
     assert_eq!(store.get(&hash).await.expect("get after restart"), None);
     server.restart();
-    store
-        .insert(&hash, &record("key_r", "acme", 1))
-        .await
-        .expect("insert after restart");
+    store.insert(&hash, &record("key_r", "acme", 1)).await.expect("insert after restart");
     assert!(store.is_up());
 }

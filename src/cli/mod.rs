@@ -2,6 +2,8 @@
 //! `KEYWARD_*` environment variable; clap gives flags precedence over the
 //! environment, and both beat the file (`config::Overrides`).
 
+pub mod keys;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -16,15 +18,9 @@ use crate::telemetry::logging::LogFormat;
     about = "A sidecar reverse-proxy authenticator: API keys, scopes and rate limits in front of any HTTP service."
 )]
 pub struct Cli {
-    /// Log format.
-    #[arg(
-        long,
-        env = "KEYWARD_LOG_FORMAT",
-        value_enum,
-        default_value = "json",
-        global = true
-    )]
-    pub log_format: LogFormat,
+    /// Log format [default: json; text for `demo`].
+    #[arg(long, env = "KEYWARD_LOG_FORMAT", value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
     /// Log level or tracing filter directive (`info`, `debug`, `keyward=debug,hyper=warn`).
     #[arg(long, env = "KEYWARD_LOG_LEVEL", default_value = "info", global = true)]
     pub log_level: String,
@@ -38,21 +34,40 @@ pub enum Command {
     Serve(ServeArgs),
     /// Load and validate the config; print a summary (exit 0) or the errors (exit 2).
     CheckConfig(ServeArgs),
+    /// Try keyward in one command: memory store, built-in echo upstream, a fresh test key.
+    Demo(DemoArgs),
+    /// Manage API keys in the configured store.
+    Keys {
+        #[command(flatten)]
+        store: ServeArgs,
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Proxy listen address.
+    #[arg(long, env = "KEYWARD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Admin listen address.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin_listen: String,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// The YAML config file.
-    #[arg(long, env = "KEYWARD_CONFIG")]
+    #[arg(long, env = "KEYWARD_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Proxy listen address (overrides `listen`).
-    #[arg(long, env = "KEYWARD_LISTEN")]
+    #[arg(long, env = "KEYWARD_LISTEN", global = true)]
     pub listen: Option<String>,
     /// Upstream URL (overrides `upstream.url`).
-    #[arg(long, env = "KEYWARD_UPSTREAM")]
+    #[arg(long, env = "KEYWARD_UPSTREAM", global = true)]
     pub upstream: Option<String>,
     /// Redis URL (overrides `store.redis.url`).
-    #[arg(long, env = "KEYWARD_REDIS_URL")]
+    #[arg(long, env = "KEYWARD_REDIS_URL", global = true)]
     pub redis_url: Option<String>,
 }
 

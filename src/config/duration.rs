@@ -8,13 +8,8 @@ use std::time::Duration;
 const EXPECTED: &str = "expected a number and a unit (ms, s, m, h, d), like 50ms, 2s, 1m, 24h, 90d";
 
 /// Units from largest to smallest, in milliseconds.
-const UNITS: [(&str, u64); 5] = [
-    ("d", 86_400_000),
-    ("h", 3_600_000),
-    ("m", 60_000),
-    ("s", 1_000),
-    ("ms", 1),
-];
+const UNITS: [(&str, u64); 5] =
+    [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)];
 
 /// Parses `<digits><unit>` (unit one of `ms`, `s`, `m`, `h`, `d`), or several
 /// such parts written together (`1h30m`).
@@ -25,9 +20,7 @@ const UNITS: [(&str, u64); 5] = [
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let invalid = || format!("invalid duration {s:?}: {EXPECTED}");
     if s.starts_with('-') {
-        return Err(format!(
-            "invalid duration {s:?}: a duration cannot be negative"
-        ));
+        return Err(format!("invalid duration {s:?}: a duration cannot be negative"));
     }
     if s.is_empty() {
         return Err(invalid());
@@ -37,22 +30,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let mut total_ms: u64 = 0;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         if digits == 0 {
             return Err(invalid());
         }
         let (number, after) = rest.split_at(digits);
-        let unit_len = after
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(after.len());
+        let unit_len = after.find(|c: char| c.is_ascii_digit()).unwrap_or(after.len());
         let (unit, next) = after.split_at(unit_len);
-        let factor = UNITS
-            .iter()
-            .find(|(name, _)| *name == unit)
-            .map(|(_, ms)| *ms)
-            .ok_or_else(invalid)?;
+        let factor =
+            UNITS.iter().find(|(name, _)| *name == unit).map(|(_, ms)| *ms).ok_or_else(invalid)?;
         // Only digits reach here, so a parse failure can only mean overflow.
         let value: u64 = number.parse().map_err(|_| too_large())?;
         total_ms = value
@@ -121,9 +107,7 @@ mod tests {
 
     #[test]
     fn malformed_durations_get_the_syntax_sentence() {
-        for s in [
-            "", "5", "5x", "ms", "1.5s", "5 s", " 5s", "5S", "1h30", "s5",
-        ] {
+        for s in ["", "5", "5x", "ms", "1.5s", "5 s", " 5s", "5S", "1h30", "s5"] {
             assert_eq!(
                 err(s),
                 format!(
@@ -136,10 +120,7 @@ mod tests {
 
     #[test]
     fn negative_durations_are_refused_as_negative() {
-        assert_eq!(
-            err("-5s"),
-            "invalid duration \"-5s\": a duration cannot be negative"
-        );
+        assert_eq!(err("-5s"), "invalid duration \"-5s\": a duration cannot be negative");
     }
 
     #[test]
@@ -148,18 +129,13 @@ mod tests {
             err("99999999999999999999s"),
             "invalid duration \"99999999999999999999s\": too large"
         );
-        assert_eq!(
-            err("300000000000000d"),
-            "invalid duration \"300000000000000d\": too large"
-        );
+        assert_eq!(err("300000000000000d"), "invalid duration \"300000000000000d\": too large");
         assert!(err("18446744073709551615ms1ms").ends_with("too large"));
     }
 
     #[test]
     fn formatting_round_trips_through_parsing() {
-        for s in [
-            "50ms", "2s", "1m", "24h", "90d", "1h30m", "1d1ms", "0s", "61s",
-        ] {
+        for s in ["50ms", "2s", "1m", "24h", "90d", "1h30m", "1d1ms", "0s", "61s"] {
             assert_eq!(ok(&format_duration(ok(s))), ok(s));
         }
         assert_eq!(format_duration(ok("1h30m")), "1h30m");

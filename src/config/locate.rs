@@ -97,10 +97,7 @@ fn join(parent: &str, key: &str) -> String {
 
 /// yaml-rust2 markers have 1-based lines and 0-based columns.
 fn location(mark: Marker) -> Location {
-    Location {
-        line: mark.line(),
-        column: mark.col() + 1,
-    }
+    Location { line: mark.line(), column: mark.col() + 1 }
 }
 
 enum Frame {
@@ -142,8 +139,7 @@ impl Builder {
         // Inside the value of a repeated key, paths repeat too: that is the
         // one duplicate already reported, not more.
         let inside_duplicate = self.locations.duplicates.iter().any(|(dup, _)| {
-            path.strip_prefix(dup.as_str())
-                .is_some_and(|rest| rest.starts_with(['.', '[']))
+            path.strip_prefix(dup.as_str()).is_some_and(|rest| rest.starts_with(['.', '[']))
         });
         match self.locations.positions.entry(path) {
             Entry::Occupied(mut seen) => {
@@ -162,11 +158,9 @@ impl Builder {
 
     fn open(&mut self, node: &Node, path: String, item: Option<(String, Location)>) {
         match node {
-            Node::MappingStart => self.stack.push(Frame::Map {
-                path,
-                key: None,
-                pending_item: item,
-            }),
+            Node::MappingStart => {
+                self.stack.push(Frame::Map { path, key: None, pending_item: item })
+            }
             Node::SequenceStart => {
                 if let Some((item, at)) = item {
                     self.record(item, at);
@@ -195,11 +189,7 @@ impl Builder {
                 *next += 1;
                 self.open(&node, item.clone(), Some((item, at)));
             }
-            Some(Frame::Map {
-                path,
-                key,
-                pending_item,
-            }) => match key.take() {
+            Some(Frame::Map { path, key, pending_item }) => match key.take() {
                 // This node is a key.
                 None => {
                     let pending = pending_item.take();
@@ -228,10 +218,7 @@ impl Builder {
             Some(Frame::Skip { depth }) if depth > 1 => {
                 self.stack.push(Frame::Skip { depth: depth - 1 });
             }
-            Some(Frame::Map {
-                pending_item: Some((item, start)),
-                ..
-            }) => {
+            Some(Frame::Map { pending_item: Some((item, start)), .. }) => {
                 // An empty mapping as a sequence item: locate it where it opened.
                 self.record(item, start);
             }

@@ -122,10 +122,7 @@ impl Config {
     /// 0 if the file wrote none of it), for checks made after loading, such as
     /// the route compiler's overlap detection.
     pub fn error_at(&self, field_path: &str, message: impl Into<String>) -> ConfigError {
-        let at = self
-            .locations
-            .nearest(field_path)
-            .unwrap_or(Location { line: 0, column: 0 });
+        let at = self.locations.nearest(field_path).unwrap_or(Location { line: 0, column: 0 });
         ConfigError {
             file: self.source.clone(),
             line: at.line,
@@ -219,15 +216,9 @@ fn deserialize_error(
         field.truncate(field.len().saturating_sub(2));
     }
     let inner = error.into_inner();
-    let (line, column) = inner
-        .location()
-        .map_or((0, 0), |at| (at.line(), at.column()));
-    let mut message = redact_urls_in(&clean_serde_message(
-        &inner.to_string(),
-        &field,
-        line,
-        column,
-    ));
+    let (line, column) = inner.location().map_or((0, 0), |at| (at.line(), at.column()));
+    let mut message =
+        redact_urls_in(&clean_serde_message(&inner.to_string(), &field, line, column));
     if message.contains("more than one document") {
         message =
             "a config file holds one YAML document; remove the extra `---` separators".to_owned();
@@ -253,27 +244,16 @@ fn deserialize_error(
 
     // An unknown field's path should end with the field itself, so the user
     // sees `store.redis.timout`, not `store.redis`.
-    if let Some(name) = message
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split('`').next())
+    if let Some(name) =
+        message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next())
     {
         let ends_with_name = field == name || field.ends_with(&format!(".{name}"));
         if !ends_with_name {
-            field = if field.is_empty() {
-                name.to_owned()
-            } else {
-                format!("{field}.{name}")
-            };
+            field = if field.is_empty() { name.to_owned() } else { format!("{field}.{name}") };
         }
     }
 
-    ConfigErrors(vec![ConfigError {
-        file: source.to_path_buf(),
-        line,
-        column,
-        field,
-        message,
-    }])
+    ConfigErrors(vec![ConfigError { file: source.to_path_buf(), line, column, field, message }])
 }
 
 /// serde_yaml's message embeds its own path prefix and the position
@@ -285,10 +265,7 @@ fn clean_serde_message(message: &str, field: &str, line: usize, column: usize) -
     let message = message.replacen(&position, "", 1);
     let mut prefix = field;
     while !prefix.is_empty() {
-        if let Some(rest) = message
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.strip_prefix(": "))
-        {
+        if let Some(rest) = message.strip_prefix(prefix).and_then(|rest| rest.strip_prefix(": ")) {
             return rest.to_owned();
         }
         prefix = match prefix.rfind(['.', '[']) {
@@ -405,10 +382,7 @@ routes:
             let config = valid(text);
             assert_eq!(
                 config,
-                Config {
-                    source: PathBuf::from("keyward.yaml"),
-                    ..Config::default()
-                }
+                Config { source: PathBuf::from("keyward.yaml"), ..Config::default() }
             );
         }
         let config = valid("");
@@ -416,16 +390,10 @@ routes:
         assert_eq!(config.admin.listen.to_string(), "0.0.0.0:9090");
         assert_eq!(config.upstream.url.to_string(), "http://127.0.0.1:3000/");
         assert_eq!(config.store.kind, StoreKind::Redis);
-        assert_eq!(
-            config.store.redis.url.as_deref(),
-            Some("redis://127.0.0.1:6379/0")
-        );
+        assert_eq!(config.store.redis.url.as_deref(), Some("redis://127.0.0.1:6379/0"));
         assert_eq!(config.store.redis.timeout, Duration::from_millis(50));
         assert_eq!(config.keys.environments, ["live", "test"]);
-        assert_eq!(
-            config.plans.keys().collect::<Vec<_>>(),
-            ["anonymous", "free", "pro"]
-        );
+        assert_eq!(config.plans.keys().collect::<Vec<_>>(), ["anonymous", "free", "pro"]);
         assert_eq!(config.rate_limit.default_plan, "free");
         assert_eq!(config.scopes.implies["admin:all"], ["*"]);
         assert_eq!(config.identity.headers.owner.as_str(), "x-keyward-owner");
@@ -441,10 +409,8 @@ routes:
     fn spec_example_is_valid_except_for_its_undefined_login_plan() {
         assert_eq!(
             errors(SPEC_EXAMPLE),
-            [
-                "keyward.yaml:66:26: routes[3].rate_limit.plan: unknown plan \"login\"; \
-              known plans: anonymous, free, pro"
-            ]
+            ["keyward.yaml:66:26: routes[3].rate_limit.plan: unknown plan \"login\"; \
+              known plans: anonymous, free, pro"]
         );
         let with_login = SPEC_EXAMPLE.replace(
             "  anonymous: {limits",
@@ -456,24 +422,15 @@ routes:
         assert_eq!(config.routes[3].auth, AuthMode::None);
         assert_eq!(
             config.routes[3].rate_limit,
-            Some(RouteRateLimit {
-                by: LimitBy::Ip,
-                plan: "login".to_owned()
-            })
+            Some(RouteRateLimit { by: LimitBy::Ip, plan: "login".to_owned() })
         );
         assert_eq!(config.routes[5].auth, AuthMode::Optional);
         assert_eq!(config.routes[5].methods, None);
         assert_eq!(
-            config
-                .jwt
-                .as_ref()
-                .and_then(|j| j.hs256_secret_env.as_deref()),
+            config.jwt.as_ref().and_then(|j| j.hs256_secret_env.as_deref()),
             Some("KEYWARD_JWT_SECRET")
         );
-        assert_eq!(
-            config.plans["anonymous"].limits[1].window,
-            Duration::from_secs(86_400)
-        );
+        assert_eq!(config.plans["anonymous"].limits[1].window, Duration::from_secs(86_400));
     }
 
     #[test]
@@ -491,10 +448,7 @@ routes:
             config.store.memory.keys_file,
             Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/keys.yaml"))
         );
-        assert_eq!(
-            config.tls.map(|t| t.cert),
-            Some(PathBuf::from("/etc/keyward/tls.crt"))
-        );
+        assert_eq!(config.tls.map(|t| t.cert), Some(PathBuf::from("/etc/keyward/tls.crt")));
     }
 
     #[test]
@@ -515,12 +469,10 @@ routes:
     fn unknown_top_level_field_is_named_with_line_and_column() {
         assert_eq!(
             errors("listen: \"0.0.0.0:8080\"\nlisen: \"0.0.0.0:8081\"\n"),
-            [
-                "keyward.yaml:2:1: lisen: unknown field `lisen`, expected one of `listen`, `tls`, \
+            ["keyward.yaml:2:1: lisen: unknown field `lisen`, expected one of `listen`, `tls`, \
               `upstream`, `admin`, `mode`, `store`, `keys`, `jwt`, `identity`, `scopes`, `plans`, \
               `rate_limit`, `trusted_proxies`, `limits`, `management_api`, `routes`, \
-              `strip_headers`, `allowed_hosts`, `cors`, `auth`, `shutdown_grace`"
-            ]
+              `strip_headers`, `allowed_hosts`, `cors`, `auth`, `shutdown_grace`"]
         );
     }
 
@@ -537,10 +489,8 @@ store:
 ";
         assert_eq!(
             errors(yaml),
-            [
-                "keyward.yaml:7:5: store.redis.timout: unknown field `timout`, expected one of \
-              `url`, `cluster_nodes`, `key_prefix`, `timeout`"
-            ]
+            ["keyward.yaml:7:5: store.redis.timout: unknown field `timout`, expected one of \
+              `url`, `cluster_nodes`, `key_prefix`, `timeout`"]
         );
     }
 
@@ -570,17 +520,13 @@ store:
         );
         assert_eq!(
             errors("limits: {max_header_bytes: -1}\n"),
-            [
-                "keyward.yaml:1:28: limits.max_header_bytes: invalid value: integer `-1`, \
-              expected a whole number, 0 or more"
-            ]
+            ["keyward.yaml:1:28: limits.max_header_bytes: invalid value: integer `-1`, \
+              expected a whole number, 0 or more"]
         );
         assert_eq!(
             errors("just text\n"),
-            [
-                "keyward.yaml:1:1: invalid type: string \"just text\", expected a mapping of \
-              keyward settings (listen, upstream, store, routes, ...)"
-            ]
+            ["keyward.yaml:1:1: invalid type: string \"just text\", expected a mapping of \
+              keyward settings (listen, upstream, store, routes, ...)"]
         );
     }
 
@@ -588,10 +534,8 @@ store:
     fn yaml_syntax_errors_are_located_without_a_bogus_field() {
         assert_eq!(
             errors("listen: \"0.0.0.0:8080\"\n\tmode: observe\n"),
-            [
-                "keyward.yaml:2:1: found character that cannot start any token, \
-              while scanning for the next token"
-            ]
+            ["keyward.yaml:2:1: found character that cannot start any token, \
+              while scanning for the next token"]
         );
         assert_eq!(
             errors("listen: a\n---\nmode: observe\n"),
@@ -666,14 +610,8 @@ store:
             Err(errors) => panic!("{errors}"),
         };
         assert_eq!(config.listen.to_string(), "127.0.0.1:9000");
-        assert_eq!(
-            config.upstream.url.to_string(),
-            "https://api.internal:8443/"
-        );
-        assert_eq!(
-            config.store.redis.url.as_deref(),
-            Some("rediss://cache.internal:6380/1")
-        );
+        assert_eq!(config.upstream.url.to_string(), "https://api.internal:8443/");
+        assert_eq!(config.store.redis.url.as_deref(), Some("rediss://cache.internal:6380/1"));
         // The flag names one server: it replaces the cluster list, and it
         // does not switch the store kind.
         assert!(config.store.redis.cluster_nodes.is_empty());
@@ -713,19 +651,14 @@ store:
     fn error_at_locates_later_findings_through_the_index() {
         let config = valid("routes:\n  - path: /a\n  - path: /a\n    scopes: [x:read]\n");
         assert_eq!(
-            config
-                .error_at("routes[1].path", "same as routes[0] (keyward.yaml:2:5)")
-                .to_string(),
+            config.error_at("routes[1].path", "same as routes[0] (keyward.yaml:2:5)").to_string(),
             "keyward.yaml:3:5: routes[1].path: same as routes[0] (keyward.yaml:2:5)"
         );
         assert_eq!(config.routes[1].location, Location { line: 3, column: 5 });
         // Unwritten fields fall back to their closest written ancestor, then
         // to no position.
         assert_eq!(config.error_at("routes[1].methods", "m").line, 3);
-        assert_eq!(
-            config.error_at("keys.prefix", "m").to_string(),
-            "keyward.yaml: keys.prefix: m"
-        );
+        assert_eq!(config.error_at("keys.prefix", "m").to_string(), "keyward.yaml: keys.prefix: m");
     }
 
     #[test]
@@ -739,25 +672,14 @@ store:
         );
         let summary = config.summary();
         assert!(!summary.contains("s3cret"), "{summary}");
-        assert!(
-            summary.contains("store: redis redis://app:***@cache:6379/0"),
-            "{summary}"
-        );
+        assert!(summary.contains("store: redis redis://app:***@cache:6379/0"), "{summary}");
         assert!(summary.contains("listen: 0.0.0.0:8080"), "{summary}");
-        assert!(
-            summary.contains("upstream: http://127.0.0.1:3000/"),
-            "{summary}"
-        );
+        assert!(summary.contains("upstream: http://127.0.0.1:3000/"), "{summary}");
         assert!(summary.contains("admin: 0.0.0.0:9090"), "{summary}");
         assert!(summary.contains("mode: enforce"), "{summary}");
-        assert!(
-            summary.contains("  free:      100 per 1m, 20 per 1s"),
-            "{summary}"
-        );
-        let routes: Vec<&str> = summary
-            .lines()
-            .skip_while(|line| !line.starts_with("routes ("))
-            .collect();
+        assert!(summary.contains("  free:      100 per 1m, 20 per 1s"), "{summary}");
+        let routes: Vec<&str> =
+            summary.lines().skip_while(|line| !line.starts_with("routes (")).collect();
         assert_eq!(
             routes,
             [
@@ -788,10 +710,8 @@ store:
         );
         assert_eq!(
             errors("listen: \"redis://:pw@h:1\"\n"),
-            [
-                "keyward.yaml:1:1: listen: invalid socket address \"redis://:***@h:1\": expected \
-              IP:port, like 0.0.0.0:8080 or [::]:8080"
-            ]
+            ["keyward.yaml:1:1: listen: invalid socket address \"redis://:***@h:1\": expected \
+              IP:port, like 0.0.0.0:8080 or [::]:8080"]
         );
         assert_eq!(
             redact_urls_in("a https://u:p@h/x and `redis://q@r`."),

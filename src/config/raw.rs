@@ -128,11 +128,7 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(
-    default,
-    deny_unknown_fields,
-    expecting = "a mapping with cert and key"
-)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping with cert and key")]
 pub struct RawTls {
     pub cert: Option<Text>,
     pub key: Option<Text>,
@@ -205,11 +201,7 @@ pub struct RawKeys {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(
-    default,
-    deny_unknown_fields,
-    expecting = "a mapping (ttl, negative_ttl, max_entries)"
-)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping (ttl, negative_ttl, max_entries)")]
 pub struct RawKeyCache {
     pub ttl: Option<Text>,
     pub negative_ttl: Option<Text>,
@@ -272,11 +264,7 @@ pub struct RawSigning {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(
-    default,
-    deny_unknown_fields,
-    expecting = "a mapping (implies, write_implies_read)"
-)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping (implies, write_implies_read)")]
 pub struct RawScopes {
     pub implies: Option<BTreeMap<String, Vec<Text>>>,
     pub write_implies_read: Option<bool>,
@@ -289,11 +277,7 @@ pub struct RawPlan {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(
-    default,
-    deny_unknown_fields,
-    expecting = "a mapping (window, max, per_owner)"
-)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping (window, max, per_owner)")]
 pub struct RawWindow {
     pub window: Option<Text>,
     pub max: Option<Count>,
@@ -377,21 +361,13 @@ pub struct RawCors {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(
-    default,
-    deny_unknown_fields,
-    expecting = "a mapping with failed_attempts"
-)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping with failed_attempts")]
 pub struct RawAuth {
     pub failed_attempts: Option<RawFailedAttempts>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(
-    default,
-    deny_unknown_fields,
-    expecting = "a mapping with max and window"
-)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping with max and window")]
 pub struct RawFailedAttempts {
     pub max: Option<Count>,
     pub window: Option<Text>,

@@ -28,11 +28,7 @@ fn write_summary(c: &Config, out: &mut String) -> std::fmt::Result {
         format_duration(c.upstream.connect_timeout),
         format_duration(c.upstream.request_timeout),
     )?;
-    writeln!(
-        out,
-        "admin: {} (/metrics, /healthz, /readyz)",
-        c.admin.listen
-    )?;
+    writeln!(out, "admin: {} (/metrics, /healthz, /readyz)", c.admin.listen)?;
     writeln!(out, "mode: {}", c.mode.as_str())?;
 
     let store = &c.store;
@@ -40,12 +36,8 @@ fn write_summary(c: &Config, out: &mut String) -> std::fmt::Result {
         StoreKind::Redis => match &store.redis.url {
             Some(url) => redact_url(url),
             None => {
-                let nodes: Vec<String> = store
-                    .redis
-                    .cluster_nodes
-                    .iter()
-                    .map(|n| redact_url(n))
-                    .collect();
+                let nodes: Vec<String> =
+                    store.redis.cluster_nodes.iter().map(|n| redact_url(n)).collect();
                 format!("cluster [{}]", nodes.join(" "))
             }
         },
@@ -67,12 +59,7 @@ fn write_summary(c: &Config, out: &mut String) -> std::fmt::Result {
         format!("{{{}}}_", c.keys.environments.join("|"))
     };
     let sources: Vec<&str> = c.keys.sources.iter().map(|s| s.as_str()).collect();
-    writeln!(
-        out,
-        "keys: {}_{envs}... from {}",
-        c.keys.prefix,
-        sources.join(", ")
-    )?;
+    writeln!(out, "keys: {}_{envs}... from {}", c.keys.prefix, sources.join(", "))?;
     if let Some(jwt) = &c.jwt {
         let method = match (&jwt.hs256_secret_env, &jwt.jwks_file) {
             (Some(env), _) => format!("HS256 secret from ${env}"),
@@ -96,16 +83,9 @@ fn write_summary(c: &Config, out: &mut String) -> std::fmt::Result {
         writeln!(out, "allowed hosts: {}", hosts.join(", "))?;
     }
     if let Some(cors) = &c.cors {
-        let routes = if cors.routes.is_empty() {
-            "every route".to_owned()
-        } else {
-            cors.routes.join(" ")
-        };
-        writeln!(
-            out,
-            "cors: origins {} for {routes}",
-            cors.allowed_origins.join(" ")
-        )?;
+        let routes =
+            if cors.routes.is_empty() { "every route".to_owned() } else { cors.routes.join(" ") };
+        writeln!(out, "cors: origins {} for {routes}", cors.allowed_origins.join(" "))?;
     }
     if c.management_api.enabled {
         writeln!(out, "management api: {}", c.management_api.path_prefix)?;
@@ -124,12 +104,7 @@ fn write_summary(c: &Config, out: &mut String) -> std::fmt::Result {
                 format!("{} per {}{owner}", w.max, format_duration(w.window))
             })
             .collect();
-        writeln!(
-            out,
-            "  {:<width$} {}",
-            format!("{name}:"),
-            windows.join(", ")
-        )?;
+        writeln!(out, "  {:<width$} {}", format!("{name}:"), windows.join(", "))?;
     }
     writeln!(
         out,
@@ -159,11 +134,7 @@ fn write_summary(c: &Config, out: &mut String) -> std::fmt::Result {
 
 fn route_methods(route: &RouteConfig) -> String {
     match &route.methods {
-        Some(methods) => methods
-            .iter()
-            .map(|m| m.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
+        Some(methods) => methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","),
         None => "ANY".to_owned(),
     }
 }

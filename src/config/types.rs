@@ -102,9 +102,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
-        }
+        AdminConfig { listen: SocketAddr::from(([0, 0, 0, 0], 9090)) }
     }
 }
 
@@ -185,11 +183,7 @@ impl fmt::Debug for RedisConfig {
             .field("url", &self.url.as_deref().map(super::redact_url))
             .field(
                 "cluster_nodes",
-                &self
-                    .cluster_nodes
-                    .iter()
-                    .map(|n| super::redact_url(n))
-                    .collect::<Vec<_>>(),
+                &self.cluster_nodes.iter().map(|n| super::redact_url(n)).collect::<Vec<_>>(),
             )
             .field("key_prefix", &self.key_prefix)
             .field("timeout", &self.timeout)
@@ -304,14 +298,7 @@ impl IdentityHeaders {
     /// All six names, in the fixed order key_id, owner, scopes, env, plan,
     /// auth (the order signatures cover them in).
     pub fn all(&self) -> [&HeaderName; 6] {
-        [
-            &self.key_id,
-            &self.owner,
-            &self.scopes,
-            &self.env,
-            &self.plan,
-            &self.auth,
-        ]
+        [&self.key_id, &self.owner, &self.scopes, &self.env, &self.plan, &self.auth]
     }
 }
 
@@ -374,21 +361,14 @@ pub struct WindowConfig {
 
 impl WindowConfig {
     fn new(window_secs: u64, max: u64) -> WindowConfig {
-        WindowConfig {
-            window: Duration::from_secs(window_secs),
-            max,
-            per_owner: false,
-        }
+        WindowConfig { window: Duration::from_secs(window_secs), max, per_owner: false }
     }
 }
 
 /// The plans of the SPEC §2 example, used when a file has no `plans:` at all.
 pub fn default_plans() -> BTreeMap<String, PlanConfig> {
     let plan = |windows: [(u64, u64); 2]| PlanConfig {
-        limits: windows
-            .iter()
-            .map(|&(secs, max)| WindowConfig::new(secs, max))
-            .collect(),
+        limits: windows.iter().map(|&(secs, max)| WindowConfig::new(secs, max)).collect(),
     };
     BTreeMap::from([
         ("free".to_owned(), plan([(60, 100), (1, 20)])),
@@ -527,14 +507,7 @@ pub struct CorsConfig {
 impl CorsConfig {
     /// Methods allowed when `cors.allowed_methods` is omitted.
     pub fn default_methods() -> Vec<Method> {
-        vec![
-            Method::GET,
-            Method::HEAD,
-            Method::POST,
-            Method::PUT,
-            Method::PATCH,
-            Method::DELETE,
-        ]
+        vec![Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE]
     }
 
     /// Headers allowed when `cors.allowed_headers` is omitted: the two that
@@ -562,9 +535,6 @@ pub struct FailedAttempts {
 
 impl Default for FailedAttempts {
     fn default() -> Self {
-        FailedAttempts {
-            max: 20,
-            window: Duration::from_secs(60),
-        }
+        FailedAttempts { max: 20, window: Duration::from_secs(60) }
     }
 }

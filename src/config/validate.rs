@@ -152,8 +152,7 @@ impl Ctx<'_> {
     fn error_located(&mut self, path: &str, at: Option<Location>, message: impl Into<String>) {
         let message = super::redact_urls_in(&message.into());
         if let Some((_, flag)) = self.flags.iter().find(|(p, _)| *p == path) {
-            self.errors
-                .push(ConfigError::unlocated(self.source, *flag, message));
+            self.errors.push(ConfigError::unlocated(self.source, *flag, message));
             return;
         }
         let at = at.unwrap_or(Location { line: 0, column: 0 });
@@ -175,8 +174,7 @@ impl Ctx<'_> {
         }
         if let Some(upstream) = &overrides.upstream {
             raw.upstream.get_or_insert_with(Default::default).url = Some(Text(upstream.clone()));
-            self.flags
-                .push(("upstream.url", "--upstream (KEYWARD_UPSTREAM)"));
+            self.flags.push(("upstream.url", "--upstream (KEYWARD_UPSTREAM)"));
         }
         if let Some(url) = &overrides.redis_url {
             let redis = raw
@@ -187,8 +185,7 @@ impl Ctx<'_> {
             redis.url = Some(Text(url.clone()));
             // The flag names the one server to use, replacing a cluster list.
             redis.cluster_nodes = None;
-            self.flags
-                .push(("store.redis.url", "--redis-url (KEYWARD_REDIS_URL)"));
+            self.flags.push(("store.redis.url", "--redis-url (KEYWARD_REDIS_URL)"));
         }
     }
 
@@ -299,15 +296,9 @@ impl Ctx<'_> {
         for (i, scope) in raw.unwrap_or_default().into_iter().enumerate() {
             let item = format!("{path}[{i}]");
             if scope.as_str() == "*" {
-                self.error(
-                    &item,
-                    "\"*\" (every scope) is only allowed as a scopes.implies target",
-                );
+                self.error(&item, "\"*\" (every scope) is only allowed as a scopes.implies target");
             } else if !is_valid_scope(scope.as_str()) {
-                self.error(
-                    &item,
-                    format!("invalid scope {:?}: {SCOPE_SHAPE}", scope.as_str()),
-                );
+                self.error(&item, format!("invalid scope {:?}: {SCOPE_SHAPE}", scope.as_str()));
             } else {
                 scopes.push(scope.0);
             }
@@ -351,10 +342,7 @@ impl Ctx<'_> {
                     .collect();
                 self.error(
                     "tls",
-                    format!(
-                        "tls needs both cert and key; missing {}",
-                        missing.join(" and ")
-                    ),
+                    format!("tls needs both cert and key; missing {}", missing.join(" and ")),
                 );
                 None
             }
@@ -395,10 +383,8 @@ impl Ctx<'_> {
         let admin = self.socket_addr("admin.listen", raw.listen, AdminConfig::default().listen);
         if sockets_clash(admin, listen) {
             // A defaulted admin.listen clashes with the listen the file wrote.
-            let at = self
-                .locations
-                .nearest("admin.listen")
-                .or_else(|| self.locations.get("listen"));
+            let at =
+                self.locations.nearest("admin.listen").or_else(|| self.locations.get("listen"));
             self.error_located(
                 "admin.listen",
                 at,
@@ -412,10 +398,8 @@ impl Ctx<'_> {
         let default = StoreConfig::default();
         let redis = self.redis(raw.redis.unwrap_or_default());
         let memory = MemoryConfig {
-            keys_file: self.file_path(
-                "store.memory.keys_file",
-                raw.memory.unwrap_or_default().keys_file,
-            ),
+            keys_file: self
+                .file_path("store.memory.keys_file", raw.memory.unwrap_or_default().keys_file),
         };
         StoreConfig {
             kind: raw.kind.unwrap_or_default(),
@@ -540,12 +524,7 @@ impl Ctx<'_> {
         };
         let raw_cache = raw.cache.unwrap_or_default();
         let cache = KeyCacheConfig {
-            ttl: self.duration(
-                "keys.cache.ttl",
-                raw_cache.ttl,
-                default.cache.ttl,
-                Zero::Refused,
-            ),
+            ttl: self.duration("keys.cache.ttl", raw_cache.ttl, default.cache.ttl, Zero::Refused),
             negative_ttl: self.duration(
                 "keys.cache.negative_ttl",
                 raw_cache.negative_ttl,
@@ -578,16 +557,12 @@ impl Ctx<'_> {
                 "jwt needs exactly one of hs256_secret_env (HS256) or jwks_file (RS256/ES256)",
             );
         }
-        let hs256_secret_env = raw
-            .hs256_secret_env
-            .map(|name| self.env_name("jwt.hs256_secret_env", name));
+        let hs256_secret_env =
+            raw.hs256_secret_env.map(|name| self.env_name("jwt.hs256_secret_env", name));
         let jwks_file = self.file_path("jwt.jwks_file", raw.jwks_file);
-        let issuer = raw
-            .issuer
-            .map(|issuer| self.non_empty("jwt.issuer", Some(issuer), ""));
-        let audience = raw
-            .audience
-            .map(|audience| self.non_empty("jwt.audience", Some(audience), ""));
+        let issuer = raw.issuer.map(|issuer| self.non_empty("jwt.issuer", Some(issuer), ""));
+        let audience =
+            raw.audience.map(|audience| self.non_empty("jwt.audience", Some(audience), ""));
         Some(JwtConfig {
             hs256_secret_env,
             jwks_file,
@@ -647,11 +622,7 @@ impl Ctx<'_> {
                 .unwrap_or_else(|| fallback.clone());
             self.not_reserved("identity.signing.header", &header, &fallback);
             self.distinct("identity.signing.header", &header, &used);
-            SigningConfig {
-                secret_env,
-                previous_secret_env,
-                header,
-            }
+            SigningConfig { secret_env, previous_secret_env, header }
         });
         IdentityConfig {
             headers,
@@ -667,9 +638,8 @@ impl Ctx<'_> {
         fallback: HeaderName,
     ) -> HeaderName {
         let path = format!("identity.headers.{field}");
-        let name = raw
-            .and_then(|text| self.header_name(&path, &text))
-            .unwrap_or_else(|| fallback.clone());
+        let name =
+            raw.and_then(|text| self.header_name(&path, &text)).unwrap_or_else(|| fallback.clone());
         self.not_reserved(&path, &name, &fallback);
         name
     }
@@ -755,10 +725,7 @@ impl Ctx<'_> {
         for (name, plan) in raw {
             let path = format!("plans.{name}");
             if !is_plan_name(&name) {
-                self.error(
-                    &path,
-                    format!("invalid plan name {name:?}: use a-z, 0-9, _ and -"),
-                );
+                self.error(&path, format!("invalid plan name {name:?}: use a-z, 0-9, _ and -"));
             }
             let raw_limits = plan.limits.unwrap_or_default();
             if raw_limits.is_empty() {
@@ -816,18 +783,10 @@ impl Ctx<'_> {
         plans: &BTreeMap<String, PlanConfig>,
     ) -> RateLimitConfig {
         let default = RateLimitConfig::default();
-        let default_plan = self.plan_setting(
-            "default_plan",
-            raw.default_plan,
-            default.default_plan,
-            plans,
-        );
-        let anonymous_plan = self.plan_setting(
-            "anonymous_plan",
-            raw.anonymous_plan,
-            default.anonymous_plan,
-            plans,
-        );
+        let default_plan =
+            self.plan_setting("default_plan", raw.default_plan, default.default_plan, plans);
+        let anonymous_plan =
+            self.plan_setting("anonymous_plan", raw.anonymous_plan, default.anonymous_plan, plans);
         RateLimitConfig {
             default_plan,
             anonymous_plan,
@@ -907,10 +866,7 @@ impl Ctx<'_> {
         };
         let max_body_bytes = raw.max_body_bytes.map(|n| n.0);
         if max_body_bytes == Some(0) {
-            self.error(
-                "limits.max_body_bytes",
-                "must be at least 1, or null for no limit",
-            );
+            self.error("limits.max_body_bytes", "must be at least 1, or null for no limit");
         }
         LimitsConfig {
             max_header_bytes,
@@ -985,10 +941,7 @@ impl Ctx<'_> {
         let mut routes = Vec::new();
         for (i, route) in raw.into_iter().enumerate() {
             let base = format!("routes[{i}]");
-            let location = self
-                .locations
-                .get(&base)
-                .unwrap_or(Location { line: 0, column: 0 });
+            let location = self.locations.get(&base).unwrap_or(Location { line: 0, column: 0 });
             let path = match route.path {
                 Some(path) => {
                     if let Err(message) = check_route_pattern(path.as_str()) {
@@ -1164,12 +1117,8 @@ impl Ctx<'_> {
                 .collect(),
             None => CorsConfig::default_headers(),
         };
-        let max_age = self.duration(
-            "cors.max_age",
-            raw.max_age,
-            Duration::from_secs(600),
-            Zero::Allowed,
-        );
+        let max_age =
+            self.duration("cors.max_age", raw.max_age, Duration::from_secs(600), Zero::Allowed);
         let mut patterns = Vec::new();
         for (i, pattern) in raw.routes.unwrap_or_default().into_iter().enumerate() {
             if !routes.iter().any(|route| route.path == pattern.as_str()) {
@@ -1210,11 +1159,7 @@ fn plan_names(plans: &BTreeMap<String, PlanConfig>) -> String {
     if plans.is_empty() {
         return "(none defined)".to_owned();
     }
-    plans
-        .keys()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .join(", ")
+    plans.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
 }
 
 /// Whether binding both addresses would fail. Port 0 asks the OS for a free
@@ -1236,24 +1181,19 @@ fn sockets_clash(a: SocketAddr, b: SocketAddr) -> bool {
 /// `^[a-z0-9]{1,16}$`: key prefixes and environments (they are part of every
 /// key, SPEC §4).
 fn is_key_word(s: &str) -> bool {
-    (1..=16).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    (1..=16).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// `^[a-z0-9_-]+$`: plan names appear in metrics labels and RateLimit-Policy
 /// item names (SPEC §5).
 fn is_plan_name(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 fn is_env_name(s: &str) -> bool {
     let mut bytes = s.bytes();
-    bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
@@ -1285,10 +1225,7 @@ fn parse_net(s: &str) -> Option<IpNet> {
 /// or leaked into logs.
 pub(crate) fn check_upstream_url(s: &str) -> Result<Uri, String> {
     let uri: Uri = s.parse().map_err(|_| {
-        format!(
-            "invalid URL {:?}: write it like http://127.0.0.1:3000",
-            redact_url(s)
-        )
+        format!("invalid URL {:?}: write it like http://127.0.0.1:3000", redact_url(s))
     })?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
@@ -1332,10 +1269,8 @@ pub(crate) fn check_upstream_url(s: &str) -> Result<Uri, String> {
 pub(crate) fn check_redis_url(s: &str) -> Result<(), String> {
     const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
     let lower = s.to_ascii_lowercase();
-    let rest = SCHEMES
-        .iter()
-        .find(|scheme| lower.starts_with(*scheme))
-        .map(|scheme| &s[scheme.len()..]);
+    let rest =
+        SCHEMES.iter().find(|scheme| lower.starts_with(*scheme)).map(|scheme| &s[scheme.len()..]);
     match rest {
         Some(rest) if !rest.is_empty() && !rest.contains(char::is_whitespace) => Ok(()),
         Some(_) => Err(format!("invalid Redis URL {:?}", redact_url(s))),
@@ -1433,9 +1368,7 @@ pub(crate) fn check_route_pattern(p: &str) -> Result<(), String> {
 
 fn is_param_name(s: &str) -> bool {
     let mut bytes = s.bytes();
-    bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
@@ -1522,15 +1455,8 @@ mod tests {
 
     #[test]
     fn scope_names_follow_the_spec_grammar() {
-        for good in [
-            "jobs:read",
-            "jobs",
-            "jobs:*",
-            "a.b-c_d:x:y",
-            "admin:all",
-            "0:1",
-            "jobs:re*d",
-        ] {
+        for good in ["jobs:read", "jobs", "jobs:*", "a.b-c_d:x:y", "admin:all", "0:1", "jobs:re*d"]
+        {
             assert!(is_valid_scope(good), "{good:?} should be valid");
         }
         for bad in [
@@ -1658,17 +1584,9 @@ auth: {failed_attempts: {window: 0m}}
                 format!("k.yaml:2:3: upstream.url: {message}")
             );
         }
-        for url in [
-            "https://api.internal:8443",
-            "http://backend/",
-            "http://[::1]:3000",
-        ] {
+        for url in ["https://api.internal:8443", "http://backend/", "http://[::1]:3000"] {
             let config = valid(&format!("upstream: {{url: \"{url}\"}}\n"));
-            assert!(config
-                .upstream
-                .url
-                .to_string()
-                .starts_with(url.trim_end_matches('/')));
+            assert!(config.upstream.url.to_string().starts_with(url.trim_end_matches('/')));
         }
     }
 
@@ -1706,11 +1624,7 @@ auth: {failed_attempts: {window: 0m}}
             valid("store: {redis: {cluster_nodes: [\"redis://b:6379\", \"rediss://c:6380\"]}}\n");
         assert_eq!(config.store.redis.url, None);
         assert_eq!(config.store.redis.cluster_nodes.len(), 2);
-        for url in [
-            "rediss://cache:6380/0",
-            "unix:///run/redis.sock",
-            "redis+unix:///run/r.sock",
-        ] {
+        for url in ["rediss://cache:6380/0", "unix:///run/redis.sock", "redis+unix:///run/r.sock"] {
             let config = valid(&format!("store: {{redis: {{url: \"{url}\"}}}}\n"));
             assert_eq!(config.store.redis.url.as_deref(), Some(url));
         }
@@ -1778,10 +1692,7 @@ keys:
         // Keys without an environment are a SPEC §4 format.
         let config = valid("keys: {prefix: spoo, environments: []}\n");
         assert!(config.keys.environments.is_empty());
-        assert_eq!(
-            config.keys.sources,
-            [KeySource::AuthorizationBearer, KeySource::XApiKey]
-        );
+        assert_eq!(config.keys.sources, [KeySource::AuthorizationBearer, KeySource::XApiKey]);
     }
 
     #[test]
@@ -1810,10 +1721,7 @@ routes:
         let config = valid("scopes: {implies: {\"ops:all\": [\"*\", \"jobs:read\"]}}\n");
         assert_eq!(
             config.scopes.implies,
-            BTreeMap::from([(
-                "ops:all".to_owned(),
-                vec!["*".to_owned(), "jobs:read".to_owned()]
-            )])
+            BTreeMap::from([("ops:all".to_owned(), vec!["*".to_owned(), "jobs:read".to_owned()])])
         );
     }
 
@@ -1849,11 +1757,7 @@ plans:
         assert_eq!(config.plans.keys().collect::<Vec<_>>(), ["basic"]);
         assert_eq!(
             config.plans["basic"].limits,
-            [WindowConfig {
-                window: Duration::from_secs(3600),
-                max: 10,
-                per_owner: true
-            }]
+            [WindowConfig { window: Duration::from_secs(3600), max: 10, per_owner: true }]
         );
     }
 
@@ -1892,13 +1796,7 @@ routes:
     #[test]
     fn identity_headers_default_individually_and_must_be_distinct() {
         let config = valid("identity: {headers: {owner: X-Tenant, plan: x-plan}}\n");
-        let names: Vec<&str> = config
-            .identity
-            .headers
-            .all()
-            .iter()
-            .map(|h| h.as_str())
-            .collect();
+        let names: Vec<&str> = config.identity.headers.all().iter().map(|h| h.as_str()).collect();
         assert_eq!(
             names,
             [
@@ -1942,14 +1840,8 @@ identity:
         );
         let config = valid("identity: {signing: {secret_env: S1, previous_secret_env: S0}}\n");
         let signing = config.identity.signing;
-        assert_eq!(
-            signing.as_ref().map(|s| s.header.as_str()),
-            Some("x-keyward-signature")
-        );
-        assert_eq!(
-            signing.and_then(|s| s.previous_secret_env).as_deref(),
-            Some("S0")
-        );
+        assert_eq!(signing.as_ref().map(|s| s.header.as_str()), Some("x-keyward-signature"));
+        assert_eq!(signing.and_then(|s| s.previous_secret_env).as_deref(), Some("S0"));
     }
 
     #[test]
@@ -2014,11 +1906,7 @@ identity:
             ("/v1/café", "non-ASCII characters must be percent-encoded in a route path, as requests carry them (\"/v1/café\")"),
         ];
         for (pattern, message) in bad {
-            assert_eq!(
-                check_route_pattern(pattern),
-                Err(message.to_owned()),
-                "{pattern:?}"
-            );
+            assert_eq!(check_route_pattern(pattern), Err(message.to_owned()), "{pattern:?}");
         }
         assert_eq!(
             error("routes:\n  - path: /v1/**/x\n"),
@@ -2094,11 +1982,8 @@ routes:
             "routes:\n  - {path: /a, auth: none, rate_limit: {plan: free}}\n  \
              - {path: /b, rate_limit: {plan: pro}}\n",
         );
-        let by: Vec<Option<LimitBy>> = config
-            .routes
-            .iter()
-            .map(|r| r.rate_limit.as_ref().map(|l| l.by))
-            .collect();
+        let by: Vec<Option<LimitBy>> =
+            config.routes.iter().map(|r| r.rate_limit.as_ref().map(|l| l.by)).collect();
         assert_eq!(by, [Some(LimitBy::Ip), Some(LimitBy::Key)]);
         assert_eq!(config.routes[0].location, Location { line: 2, column: 6 });
     }
@@ -2152,15 +2037,8 @@ routes:
     fn trusted_proxies_accept_cidrs_and_bare_addresses() {
         let config =
             valid("trusted_proxies: [10.0.0.0/8, 10.1.2.3, \"fd00::1\", 192.168.1.7/24]\n");
-        let nets: Vec<String> = config
-            .trusted_proxies
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(
-            nets,
-            ["10.0.0.0/8", "10.1.2.3/32", "fd00::1/128", "192.168.1.0/24"]
-        );
+        let nets: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "10.1.2.3/32", "fd00::1/128", "192.168.1.0/24"]);
         assert_eq!(
             error("trusted_proxies:\n  - 10.0.0.0/33\n"),
             "k.yaml:2:5: trusted_proxies[0]: invalid network \"10.0.0.0/33\": expected a CIDR like \
@@ -2173,10 +2051,7 @@ routes:
         let config = valid("allowed_hosts: [API.Example.com, \"api.example.com:8443\"]\n");
         assert_eq!(
             config.allowed_hosts,
-            Some(vec![
-                "api.example.com".to_owned(),
-                "api.example.com:8443".to_owned()
-            ])
+            Some(vec!["api.example.com".to_owned(), "api.example.com:8443".to_owned()])
         );
         assert_eq!(valid("").allowed_hosts, None);
         assert_eq!(
@@ -2236,10 +2111,7 @@ cors:
         let config = valid("auth: {failed_attempts: {max: 5, window: 5m}}\n");
         assert_eq!(
             config.auth.failed_attempts,
-            FailedAttempts {
-                max: 5,
-                window: Duration::from_secs(300)
-            }
+            FailedAttempts { max: 5, window: Duration::from_secs(300) }
         );
     }
 }

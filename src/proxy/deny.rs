@@ -139,6 +139,13 @@ impl Deny {
         }
     }
 
+    /// Denials that are about who the caller is or what it may do: logged
+    /// as `auth.denied` events (SPEC §9).
+    pub fn is_auth_denial(&self) -> bool {
+        matches!(self.status().as_u16(), 401 | 403 | 429)
+            || matches!(self, Deny::AmbiguousCredentials)
+    }
+
     /// Whether a credential was presented (decides `error="invalid_token"`
     /// in `WWW-Authenticate`, RFC 6750 §3.1).
     pub fn credential_presented(&self) -> bool {

@@ -70,18 +70,8 @@ impl RequestBody {
     /// A body cut off after `max` bytes; the flag turns true when it was.
     pub fn limited(inner: Incoming, max: u64) -> (RequestBody, Arc<AtomicBool>) {
         let tripped = Arc::new(AtomicBool::new(false));
-        let limit = Limit {
-            max,
-            seen: 0,
-            tripped: tripped.clone(),
-        };
-        (
-            RequestBody {
-                inner,
-                limit: Some(limit),
-            },
-            tripped,
-        )
+        let limit = Limit { max, seen: 0, tripped: tripped.clone() };
+        (RequestBody { inner, limit: Some(limit) }, tripped)
     }
 }
 

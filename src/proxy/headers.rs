@@ -54,11 +54,7 @@ const PATH_OVERRIDES: &[&str] = &[
 ];
 
 /// Headers that ask the upstream to use another method (SPEC §3).
-const METHOD_OVERRIDES: &[&str] = &[
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
+const METHOD_OVERRIDES: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override"];
 
 /// Client-IP headers believed only from `trusted_proxies` (SPEC §10).
 const CLIENT_IP: &[&str] = &["x-real-ip", "true-client-ip", "x-client-ip", "forwarded"];
@@ -99,23 +95,14 @@ pub struct Forwarding<'a> {
 
 impl HeaderPolicy {
     pub fn new(cfg: &Config) -> HeaderPolicy {
-        let mut identity: Vec<String> = cfg
-            .identity
-            .headers
-            .all()
-            .iter()
-            .map(|h| canonical(h.as_str()).into_owned())
-            .collect();
+        let mut identity: Vec<String> =
+            cfg.identity.headers.all().iter().map(|h| canonical(h.as_str()).into_owned()).collect();
         if let Some(s) = &cfg.identity.signing {
             identity.push(canonical(s.header.as_str()).into_owned());
         }
         HeaderPolicy {
             identity,
-            extra: cfg
-                .strip_headers
-                .iter()
-                .map(|h| canonical(h.as_str()).into_owned())
-                .collect(),
+            extra: cfg.strip_headers.iter().map(|h| canonical(h.as_str()).into_owned()).collect(),
             trusted: cfg.trusted_proxies.clone(),
         }
     }
@@ -146,10 +133,7 @@ impl HeaderPolicy {
         // (the rate limiter decides which entry to believe, SPEC §5).
         let peer = fwd.peer.to_string();
         let chain = {
-            let mut it = headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok());
+            let mut it = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
             match it.next() {
                 None => None,
                 Some(first) => {
@@ -260,10 +244,7 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     let upgrade_token = headers.get_all(CONNECTION).iter().any(|v| {
         v.to_str()
-            .map(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
             .unwrap_or(false)
     });
     upgrade_token
@@ -289,8 +270,7 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 fn valid_request_id(b: &[u8]) -> bool {
     !b.is_empty()
         && b.len() <= 128
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"-_.:+/=".contains(c))
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:+/=".contains(c))
 }
 
 /// The request's Host as the client meant it: the `Host` header, or for
@@ -299,17 +279,13 @@ pub fn effective_host(headers: &HeaderMap, uri: &http::Uri) -> Option<HeaderValu
     if let Some(h) = headers.get(HOST) {
         return Some(h.clone());
     }
-    uri.authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
 /// Approximate size of the request head as received: what `max_header_bytes`
 /// limits (name + value + ": " + CRLF per field).
 pub fn head_size(headers: &HeaderMap) -> usize {
-    headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum()
+    headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
 }
 
 #[cfg(test)]
@@ -335,12 +311,7 @@ mod tests {
     }
 
     fn fwd(peer: &str) -> Forwarding<'static> {
-        Forwarding {
-            peer: peer.parse().unwrap(),
-            proto: "http",
-            host: None,
-            websocket: false,
-        }
+        Forwarding { peer: peer.parse().unwrap(), proto: "http", host: None, websocket: false }
     }
 
     #[test]
@@ -354,22 +325,14 @@ mod tests {
             ("accept", "*/*"),
         ]);
         p.prepare_request(&mut h, &fwd("10.0.0.1"));
-        assert!(
-            h.keys()
-                .all(|k| !canonical(k.as_str()).starts_with("x-keyward-")),
-            "{h:?}"
-        );
+        assert!(h.keys().all(|k| !canonical(k.as_str()).starts_with("x-keyward-")), "{h:?}");
         assert_eq!(h["accept"], "*/*");
     }
 
     #[test]
     fn configured_identity_names_outside_x_keyward_are_stripped_too() {
         let p = policy("identity: {headers: {owner: X-User}}\nstrip_headers: [X-Internal-Token]\n");
-        let mut h = map(&[
-            ("x-user", "root"),
-            ("X_User", "root"),
-            ("x-internal-token", "t"),
-        ]);
+        let mut h = map(&[("x-user", "root"), ("X_User", "root"), ("x-internal-token", "t")]);
         p.prepare_request(&mut h, &fwd("10.0.0.1"));
         assert!(h.get("x-user").is_none() && h.get("x_user").is_none());
         assert!(h.get("x-internal-token").is_none());
@@ -379,10 +342,7 @@ mod tests {
     fn hop_by_hop_and_connection_nominated_headers_are_removed_but_not_host() {
         let p = policy("");
         let mut h = map(&[
-            (
-                "connection",
-                "keep-alive, X-Secret-Hop, Host, Content-Length",
-            ),
+            ("connection", "keep-alive, X-Secret-Hop, Host, Content-Length"),
             ("keep-alive", "timeout=5"),
             ("te", "trailers"),
             ("x-secret-hop", "1"),
@@ -413,10 +373,7 @@ mod tests {
     #[test]
     fn connection_cannot_remove_forwarded_for() {
         let p = policy("");
-        let mut h = map(&[
-            ("connection", "x-forwarded-for"),
-            ("x-forwarded-for", "1.1.1.1"),
-        ]);
+        let mut h = map(&[("connection", "x-forwarded-for"), ("x-forwarded-for", "1.1.1.1")]);
         p.prepare_request(&mut h, &fwd("10.0.0.1"));
         // The client's own chain may go, but keyward's entry is always there.
         assert!(h["x-forwarded-for"].to_str().unwrap().ends_with("10.0.0.1"));
@@ -441,10 +398,7 @@ mod tests {
         let p = policy("");
         let host = HeaderValue::from_static("api.example:8080");
         let mut h = map(&[("x-forwarded-proto", "https"), ("x-forwarded-host", "evil")]);
-        let f = Forwarding {
-            host: Some(&host),
-            ..fwd("10.0.0.1")
-        };
+        let f = Forwarding { host: Some(&host), ..fwd("10.0.0.1") };
         p.prepare_request(&mut h, &f);
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.example:8080");
@@ -467,11 +421,8 @@ mod tests {
     #[test]
     fn client_ip_headers_survive_only_from_trusted_proxies() {
         let p = policy("trusted_proxies: [10.0.0.0/8]");
-        let sent = [
-            ("x-real-ip", "1.2.3.4"),
-            ("forwarded", "for=1.2.3.4"),
-            ("true-client-ip", "1.2.3.4"),
-        ];
+        let sent =
+            [("x-real-ip", "1.2.3.4"), ("forwarded", "for=1.2.3.4"), ("true-client-ip", "1.2.3.4")];
         let mut from_trusted = map(&sent);
         p.prepare_request(&mut from_trusted, &fwd("10.1.1.1"));
         assert_eq!(from_trusted["x-real-ip"], "1.2.3.4");
@@ -493,26 +444,14 @@ mod tests {
     #[test]
     fn websocket_tunnel_keeps_its_upgrade_pair() {
         let p = policy("");
-        let mut h = map(&[
-            ("connection", "Upgrade"),
-            ("upgrade", "websocket"),
-            ("sec-websocket-key", "x"),
-        ]);
+        let mut h =
+            map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "x")]);
         assert!(is_websocket_upgrade(&h));
-        p.prepare_request(
-            &mut h,
-            &Forwarding {
-                websocket: true,
-                ..fwd("10.0.0.1")
-            },
-        );
+        p.prepare_request(&mut h, &Forwarding { websocket: true, ..fwd("10.0.0.1") });
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["sec-websocket-key"], "x");
-        assert!(!is_websocket_upgrade(&map(&[
-            ("connection", "upgrade"),
-            ("upgrade", "h2c")
-        ])));
+        assert!(!is_websocket_upgrade(&map(&[("connection", "upgrade"), ("upgrade", "h2c")])));
     }
 
     #[test]

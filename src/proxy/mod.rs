@@ -10,9 +10,10 @@
 //!         ──► 6 authorise ─► 7 limit ─► 8 forward ─────────────► upstream
 //!               (403)          (429)     (502/504, streams both ways)
 //! ```
-//! Phases 2–7 arrive with the routes, keys and rate-limit issues; until then
-//! every request that passes phase 1 is forwarded and counted under the
-//! route label `unmatched`.
+//! Phases 2 (route), 6 (authorise) and 7 (limit) arrive with the routes and
+//! rate-limit issues; until then every request needs a valid key (as on an
+//! `auth: required` route without scopes) and is counted under the route
+//! label `unmatched`.
 
 pub mod deny;
 pub mod forward;
@@ -22,6 +23,7 @@ pub mod problem;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -33,8 +35,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, info};
 
+use crate::auth::extract::{self, ExtractError, X_API_KEY};
+use crate::auth::key::display_prefix;
+use crate::auth::keyring::{Found, Keyring};
 use crate::clock;
 use crate::runtime::Runtime;
+use crate::store::{KeyHash, KeyRecord, KeyState};
 use crate::telemetry::{Metrics, Outcome};
 pub use deny::Deny;
 use forward::{RequestBody, UpstreamClient};
@@ -51,8 +57,27 @@ pub struct Proxy {
     runtime: Arc<ArcSwap<Runtime>>,
     client: UpstreamClient,
     metrics: Arc<Metrics>,
+    keyring: Arc<Keyring>,
     /// `http` or `https`: how clients reach this listener.
     proto: &'static str,
+}
+
+/// What the request path learnt about the caller, for the finish phase's
+/// log and metric (never the key itself).
+#[derive(Default)]
+struct Caller {
+    record: Option<Arc<KeyRecord>>,
+    /// First 12 characters of a well-formed but unknown key.
+    display_prefix: Option<String>,
+}
+
+/// Who the upstream is told the caller is (SPEC §6).
+struct Identity {
+    record: Arc<KeyRecord>,
+    /// Which headers carried the key, to strip unless
+    /// `forward_authorization`.
+    in_authorization: bool,
+    in_x_api_key: bool,
 }
 
 impl Proxy {
@@ -60,14 +85,10 @@ impl Proxy {
         runtime: Arc<ArcSwap<Runtime>>,
         client: UpstreamClient,
         metrics: Arc<Metrics>,
+        keyring: Arc<Keyring>,
         proto: &'static str,
     ) -> Proxy {
-        Proxy {
-            runtime,
-            client,
-            metrics,
-            proto,
-        }
+        Proxy { runtime, client, metrics, keyring, proto }
     }
 
     /// Handles one request from `peer` to the end: never fails, never panics
@@ -79,23 +100,37 @@ impl Proxy {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let request_id = headers::request_id(req.headers());
+        let mut caller = Caller::default();
 
-        let (mut resp, outcome) = match self.phases(&rt, req, peer, &request_id).await {
+        let result = self.phases(&rt, req, peer, &request_id, &mut caller, started).await;
+        let rid = request_id.to_str().unwrap_or_default();
+        let (mut resp, outcome) = match result {
             Ok(resp) => (resp, Outcome::Allowed),
             Err(deny) => {
-                let rid = request_id.to_str().unwrap_or_default();
-                (
-                    problem::render::<Full<Bytes>>(&deny, rid).map(Either::Right),
-                    deny.outcome(),
-                )
+                if deny.is_auth_denial() {
+                    let record = caller.record.as_deref();
+                    info!(
+                        target: "keyward::audit",
+                        request_id = rid,
+                        route = UNMATCHED,
+                        reason = deny.code(),
+                        key_id = record.map(|r| r.id.as_str()),
+                        display_prefix = record
+                            .map(|r| r.display_prefix.as_str())
+                            .or(caller.display_prefix.as_deref()),
+                        owner = record.map(|r| r.owner.as_str()),
+                        client_ip = %peer.ip(),
+                        "auth.denied"
+                    );
+                }
+                (problem::render::<Full<Bytes>>(&deny, rid).map(Either::Right), deny.outcome())
             }
         };
         resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
 
         // Phase 10, finish: one metric and one access-log event per request.
         let elapsed = started.elapsed();
-        self.metrics
-            .observe_request(UNMATCHED, &method, outcome, elapsed.as_secs_f64());
+        self.metrics.observe_request(UNMATCHED, &method, outcome, elapsed.as_secs_f64());
         info!(
             target: "keyward::access",
             method = %method,
@@ -103,8 +138,9 @@ impl Proxy {
             path = %uri.path(),
             status = resp.status().as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
-            request_id = request_id.to_str().unwrap_or_default(),
+            request_id = rid,
             route = UNMATCHED,
+            key_id = caller.record.as_deref().map(|r| r.id.as_str()),
             outcome = outcome.as_str(),
             client_ip = %peer.ip(),
             "request"
@@ -118,6 +154,8 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
         request_id: &HeaderValue,
+        caller: &mut Caller,
+        started: Instant,
     ) -> Result<Response<ProxyBody>, Deny> {
         // 1. normalise: refuse what must never reach routing or the upstream.
         check_method(req.method())?;
@@ -130,10 +168,49 @@ impl Proxy {
                 return Err(Deny::BodyTooLarge);
             }
         }
-        // 2–7 (route, extract, parse, look up, authorise, limit): later issues.
+        // 2. route: the routes issue. Until then: auth required, no scopes.
+
+        // 3. extract: at most one credential (SPEC §4).
+        let presented = extract::extract_presented(req.headers(), &rt.config.keys.sources)
+            .map_err(|e| match e {
+                ExtractError::Ambiguous => Deny::AmbiguousCredentials,
+                ExtractError::Malformed => Deny::MalformedKey,
+            })?
+            .ok_or(Deny::MissingCredentials)?;
+        let key = presented.credential.as_str();
+
+        // 4. parse: format and checksum with no I/O, then SHA-256.
+        rt.key_format.parse(key).map_err(|_| Deny::MalformedKey)?;
+        let hash = KeyHash::of(key);
+
+        // 5. look up: cache, else one store round trip; outage: stale or 503.
+        let record = match self.keyring.lookup(&hash, started, &self.metrics).await {
+            Found::Key(r) => r,
+            Found::Unknown => {
+                caller.display_prefix = Some(display_prefix(key));
+                return Err(Deny::UnknownKey);
+            }
+            Found::Unavailable => return Err(Deny::AuthUnavailable),
+        };
+        caller.record = Some(record.clone());
+        let now_s = clock::unix_seconds();
+        match record.state(now_s) {
+            KeyState::Active => {}
+            KeyState::Revoked => return Err(Deny::KeyRevoked),
+            KeyState::Expired => return Err(Deny::KeyExpired),
+        }
+        let identity = Identity {
+            record,
+            in_authorization: presented.in_authorization,
+            in_x_api_key: presented.in_x_api_key,
+        };
+
+        // 6. authorise, 7. limit: the routes and rate-limit issues.
+        self.keyring.last_used.touch(hash, now_s);
+        self.metrics.auth_duration.observe(started.elapsed().as_secs_f64());
 
         // 8. forward.
-        self.forward(rt, req, peer, request_id).await
+        self.forward(rt, req, peer, request_id, Some(&identity)).await
     }
 
     async fn forward(
@@ -142,6 +219,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         peer: SocketAddr,
         request_id: &HeaderValue,
+        identity: Option<&Identity>,
     ) -> Result<Response<ProxyBody>, Deny> {
         let client_version = req.version();
         let websocket = client_version == Version::HTTP_11
@@ -153,12 +231,7 @@ impl Proxy {
         let host = headers::effective_host(&parts.headers, &parts.uri);
         rt.headers.prepare_request(
             &mut parts.headers,
-            &Forwarding {
-                peer: peer.ip(),
-                proto: self.proto,
-                host: host.as_ref(),
-                websocket,
-            },
+            &Forwarding { peer: peer.ip(), proto: self.proto, host: host.as_ref(), websocket },
         );
         if let Some(h) = host {
             // HTTP/2 clients send `:authority`, not Host; the upstream (HTTP/1.1)
@@ -166,6 +239,7 @@ impl Proxy {
             parts.headers.insert(HOST, h);
         }
         parts.headers.insert(X_REQUEST_ID, request_id.clone());
+        inject_identity(rt, &mut parts.headers, identity);
         parts.uri = upstream_uri(rt, &parts.uri)?;
         parts.version = Version::HTTP_11;
 
@@ -181,9 +255,7 @@ impl Proxy {
         let sent = clock::now();
         let result =
             tokio::time::timeout(rt.request_timeout, self.client.request(upstream_req)).await;
-        self.metrics
-            .upstream_duration
-            .observe(sent.elapsed().as_secs_f64());
+        self.metrics.upstream_duration.observe(sent.elapsed().as_secs_f64());
         let mut resp = match result {
             Err(_elapsed) => return Err(Deny::UpstreamTimeout),
             Ok(Err(e)) => {
@@ -222,6 +294,40 @@ impl Proxy {
     }
 }
 
+/// Sets the identity headers (SPEC §6), after every client copy of them was
+/// stripped, and removes the credential unless `forward_authorization`.
+fn inject_identity(rt: &Runtime, headers: &mut http::HeaderMap, identity: Option<&Identity>) {
+    let Some(id) = identity else { return };
+    let names = &rt.config.identity.headers;
+    let r = &id.record;
+    let value = |s: &str| HeaderValue::from_bytes(s.as_bytes()).ok();
+    if let Some(v) = value(&r.id) {
+        headers.insert(names.key_id.clone(), v);
+    }
+    if let Some(v) = value(&r.owner) {
+        headers.insert(names.owner.clone(), v);
+    }
+    if let Some(v) = value(&r.scopes.join(" ")) {
+        headers.insert(names.scopes.clone(), v);
+    }
+    if let Some(v) = r.env.as_deref().and_then(value) {
+        headers.insert(names.env.clone(), v);
+    }
+    let plan = r.plan.as_deref().unwrap_or(&rt.config.rate_limit.default_plan);
+    if let Some(v) = value(plan) {
+        headers.insert(names.plan.clone(), v);
+    }
+    headers.insert(names.auth.clone(), HeaderValue::from_static("key"));
+    if !rt.config.identity.forward_authorization {
+        if id.in_authorization {
+            headers.remove(http::header::AUTHORIZATION);
+        }
+        if id.in_x_api_key {
+            headers.remove(X_API_KEY);
+        }
+    }
+}
+
 /// TRACE/TRACK echo requests back (cross-site tracing) and CONNECT would turn
 /// keyward into an open tunnel (SPEC §7, §10).
 fn check_method(m: &Method) -> Result<(), Deny> {
@@ -238,18 +344,12 @@ fn check_method(m: &Method) -> Result<(), Deny> {
 fn check_target(req: &Request<Incoming>) -> Result<(), Deny> {
     let uri = req.uri();
     if !uri.path().starts_with('/') {
-        return Err(Deny::BadRequest(
-            "The request target must be an absolute path",
-        ));
+        return Err(Deny::BadRequest("The request target must be an absolute path"));
     }
     if let (Some(authority), Some(host)) = (uri.authority(), req.headers().get(HOST)) {
-        let same = host
-            .to_str()
-            .is_ok_and(|h| h.eq_ignore_ascii_case(authority.as_str()));
+        let same = host.to_str().is_ok_and(|h| h.eq_ignore_ascii_case(authority.as_str()));
         if !same {
-            return Err(Deny::BadRequest(
-                "The request target's authority does not match Host",
-            ));
+            return Err(Deny::BadRequest("The request target's authority does not match Host"));
         }
     }
     if req.headers().get_all(HOST).iter().nth(1).is_some() {
@@ -273,10 +373,7 @@ fn upstream_uri(rt: &Runtime, uri: &Uri) -> Result<Uri, Deny> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(rt.upstream_scheme.clone());
     parts.authority = Some(rt.upstream_authority.clone());
-    parts.path_and_query = Some(
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
+    parts.path_and_query =
+        Some(uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
     Uri::from_parts(parts).map_err(|_| Deny::BadRequest("The request target is not valid"))
 }

@@ -62,10 +62,7 @@ pub fn render<B: From<Bytes>>(deny: &Deny, request_id: &str) -> Response<B> {
     *resp.status_mut() = deny.status();
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    h.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
+    h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     match deny {
         Deny::InsufficientScope { required } => {
             let v = format!(
@@ -132,18 +129,13 @@ mod tests {
 
     #[test]
     fn insufficient_scope_names_required_scopes_in_header_and_body() {
-        let d = Deny::InsufficientScope {
-            required: vec!["jobs:read".into(), "jobs:write".into()],
-        };
+        let d = Deny::InsufficientScope { required: vec!["jobs:read".into(), "jobs:write".into()] };
         let r: Response<Full<Bytes>> = render(&d, "r");
         assert_eq!(r.status(), 403);
         let www = r.headers()[WWW_AUTHENTICATE].to_str().unwrap();
         assert!(www.contains("error=\"insufficient_scope\""), "{www}");
         assert!(www.contains("scope=\"jobs:read jobs:write\""), "{www}");
-        assert_eq!(
-            json(&d)["required_scopes"],
-            serde_json::json!(["jobs:read", "jobs:write"])
-        );
+        assert_eq!(json(&d)["required_scopes"], serde_json::json!(["jobs:read", "jobs:write"]));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::warn;
 
+use crate::store::Store;
 use crate::telemetry::Metrics;
 
 /// What the admin endpoints report on.
@@ -27,15 +28,14 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// False until the first config is loaded, and again once draining.
     pub ready: AtomicBool,
+    /// Ready also needs the key store reachable (SPEC §9).
+    pub store: Store,
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
 }
 
@@ -46,8 +46,13 @@ pub fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byt
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/readyz" if !state.ready.load(Ordering::Relaxed) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        }
+        "/readyz" if !state.store.is_up() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "not ready: key store unreachable\n")
+        }
+        "/readyz" => text(StatusCode::OK, "ready\n"),
         "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.render())));
             r.headers_mut().insert(
@@ -67,10 +72,7 @@ pub async fn run_admin(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
     loop {
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -88,9 +90,7 @@ pub async fn run_admin(
             let resp = respond(&state, &req);
             async move { Ok::<_, Infallible>(resp) }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });

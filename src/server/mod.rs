@@ -89,9 +89,8 @@ pub async fn run_proxy(
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let conn =
+            builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
         let gauge = metrics.connections_open.clone();
         gauge.inc();
@@ -105,11 +104,7 @@ pub async fn run_proxy(
     // Step 1 done: stop accepting.
     drop(listener);
     let open = graceful.count();
-    info!(
-        open_connections = open,
-        grace_s = settings.shutdown_grace.as_secs_f64(),
-        "draining"
-    );
+    info!(open_connections = open, grace_s = settings.shutdown_grace.as_secs_f64(), "draining");
     // Step 2 and 3: drain, give up at the grace period.
     tokio::select! {
         _ = graceful.shutdown() => info!("drained"),

@@ -162,9 +162,7 @@ async fn subscribe(
         .set_connection_timeout(CONNECT_TIMEOUT)
         .set_response_timeout(PING_TIMEOUT)
         .set_push_sender(tx);
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
+    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
     conn.subscribe(channel).await?;
     Ok(conn)
 }

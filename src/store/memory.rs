@@ -113,11 +113,7 @@ impl MemoryStore {
 
     fn with(path: Option<PathBuf>, keys: Keys) -> MemoryStore {
         MemoryStore {
-            inner: Arc::new(Inner {
-                path,
-                keys: RwLock::new(keys),
-                writer: Mutex::new(()),
-            }),
+            inner: Arc::new(Inner { path, keys: RwLock::new(keys), writer: Mutex::new(()) }),
         }
     }
 
@@ -214,10 +210,7 @@ impl KeyStore for MemoryStore {
 
     async fn get_by_id(&self, id: &str) -> Result<Option<(KeyHash, KeyRecord)>, StoreError> {
         let keys = self.read();
-        Ok(keys
-            .by_id
-            .get(id)
-            .and_then(|hash| keys.by_hash.get(hash).map(|r| (*hash, r.clone()))))
+        Ok(keys.by_id.get(id).and_then(|hash| keys.by_hash.get(hash).map(|r| (*hash, r.clone()))))
     }
 
     async fn list(&self, owner: Option<&str>) -> Result<Vec<(KeyHash, KeyRecord)>, StoreError> {
@@ -256,9 +249,7 @@ impl KeyStore for MemoryStore {
     }
 
     async fn revoke(&self, id: &str, at: u64) -> Result<KeyRecord, StoreError> {
-        self.modify(id, |r| {
-            r.revoked_at = Some(r.revoked_at.map_or(at, |t| t.min(at)))
-        })
+        self.modify(id, |r| r.revoked_at = Some(r.revoked_at.map_or(at, |t| t.min(at))))
     }
 
     async fn set_expires_at(&self, id: &str, at: Option<u64>) -> Result<KeyRecord, StoreError> {
@@ -344,9 +335,7 @@ fn file_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         }
 
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-            u64::try_from(v)
-                .map(Some)
-                .map_err(|_| E::custom("a time can't be before 1970"))
+            u64::try_from(v).map(Some).map_err(|_| E::custom("a time can't be before 1970"))
         }
 
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
@@ -403,9 +392,7 @@ fn read_keys_file(path: &Path) -> Result<Keys, StoreError> {
 fn parse_keys_file(path: &Path, text: &str) -> Result<Keys, StoreError> {
     let locations = Locations::index(text);
     // A file of nothing but comments is an empty store, not a syntax error.
-    let blank = text
-        .lines()
-        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
+    let blank = text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
     let entries = if blank {
         Vec::new()
     } else {
@@ -507,11 +494,8 @@ fn serde_error(path: &Path, e: serde_path_to_error::Error<serde_yaml::Error>) ->
     let at = match inner.location() {
         Some(l) => {
             // serde_yaml repeats the position and the path in its message.
-            message = message.replacen(
-                &format!(" at line {} column {}", l.line(), l.column()),
-                "",
-                1,
-            );
+            message =
+                message.replacen(&format!(" at line {} column {}", l.line(), l.column()), "", 1);
             format!("{}:{}:{}", path.display(), l.line(), l.column())
         }
         None => path.display().to_string(),
@@ -576,10 +560,7 @@ fn write_keys_file(path: &Path, keys: &Keys) -> Result<(), StoreError> {
     ));
     let fail = |e: io::Error| file_error(path, e);
     let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         if let Ok(meta) = fs::metadata(path) {
             f.set_permissions(meta.permissions())?;
         }
@@ -636,10 +617,7 @@ mod tests {
     }
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime")
-            .block_on(f)
+        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(f)
     }
 
     const H1: &str = "3f0a000000000000000000000000000000000000000000000000000000000001";
@@ -680,12 +658,7 @@ mod tests {
         assert_eq!(r.display_prefix, "kw_live_abcd");
         let min = &keys.by_hash[&KeyHash::from_hex(H2).expect("hex")];
         assert_eq!(
-            (
-                min.env.as_ref(),
-                min.plan.as_ref(),
-                min.created_at,
-                min.scopes.len()
-            ),
+            (min.env.as_ref(), min.plan.as_ref(), min.created_at, min.scopes.len()),
             (None, None, 0, 0)
         );
         assert_eq!(keys.by_id["key_abc"], h1);
@@ -723,20 +696,15 @@ mod tests {
             "keys:\n  - hash: {H1}\n    id: a\n    name: n\n    owner: o\n    expires_at: next week\n"
         ))
         .expect_err("bad time");
-        assert!(
-            err.starts_with("keys.yaml:6:17: keys[0].expires_at:"),
-            "{err}"
-        );
+        assert!(err.starts_with("keys.yaml:6:17: keys[0].expires_at:"), "{err}");
         assert!(err.contains("RFC 3339"), "{err}");
     }
 
     #[test]
     fn a_plaintext_key_in_the_hash_field_is_refused_without_echoing_it() {
         let key = "kw_live_SECRETSECRETSECRETSECRETSECRET00abcd";
-        let err = parse(&format!(
-            "keys:\n  - hash: {key}\n    id: a\n    name: n\n    owner: o\n"
-        ))
-        .expect_err("not a hash");
+        let err = parse(&format!("keys:\n  - hash: {key}\n    id: a\n    name: n\n    owner: o\n"))
+            .expect_err("not a hash");
         assert!(err.starts_with("keys.yaml:2:5: keys[0].hash:"), "{err}");
         assert!(err.contains("keyward keys hash"), "{err}");
         assert!(!err.contains("SECRET"), "the key leaked into: {err}");
@@ -753,20 +721,9 @@ mod tests {
         ))
         .expect_err("mistakes");
         let lines: Vec<&str> = err.lines().collect();
-        assert!(
-            lines[0].contains("keys[1].hash: the same hash as keys[0]"),
-            "{err}"
-        );
-        assert!(
-            lines.iter().any(|l| l.contains("keys[2].scopes[0]")),
-            "{err}"
-        );
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.contains("keys[2].id: the same id as keys[0]")),
-            "{err}"
-        );
+        assert!(lines[0].contains("keys[1].hash: the same hash as keys[0]"), "{err}");
+        assert!(lines.iter().any(|l| l.contains("keys[2].scopes[0]")), "{err}");
+        assert!(lines.iter().any(|l| l.contains("keys[2].id: the same id as keys[0]")), "{err}");
         assert!(lines.iter().any(|l| l.contains("keys[3].hash")), "{err}");
         assert!(lines.iter().all(|l| l.starts_with("keys.yaml:")), "{err}");
     }
@@ -774,13 +731,9 @@ mod tests {
     #[test]
     fn all_digit_hashes_load_as_text() {
         let digits = "1".repeat(64);
-        let keys = parse(&format!(
-            "keys:\n  - {{hash: {digits}, id: a, name: n, owner: o}}\n"
-        ))
-        .expect("digits");
-        assert!(keys
-            .by_hash
-            .contains_key(&KeyHash::from_hex(&digits).expect("hex")));
+        let keys = parse(&format!("keys:\n  - {{hash: {digits}, id: a, name: n, owner: o}}\n"))
+            .expect("digits");
+        assert!(keys.by_hash.contains_key(&KeyHash::from_hex(&digits).expect("hex")));
     }
 
     #[test]
@@ -811,11 +764,8 @@ mod tests {
 
         let again = MemoryStore::load(Some(&path)).expect("reload from disk");
         assert_eq!(block_on(again.get(&hash)).expect("get"), Some(rec.clone()));
-        let ids: Vec<String> = block_on(again.list(None))
-            .expect("list")
-            .into_iter()
-            .map(|(_, r)| r.id)
-            .collect();
+        let ids: Vec<String> =
+            block_on(again.list(None)).expect("list").into_iter().map(|(_, r)| r.id).collect();
         assert_eq!(ids, ["key_0", "key_1"]);
 
         let revoked = block_on(store.revoke("key_1", 1_800_000_000)).expect("revoke");
@@ -825,9 +775,7 @@ mod tests {
         assert_eq!(revoked.revoked_at, Some(1_800_000_000));
         block_on(store.set_expires_at("key_1", None)).expect("clear expiry");
         assert_eq!(again.reload().expect("reload"), 2);
-        let (_, r) = block_on(again.get_by_id("key_1"))
-            .expect("get")
-            .expect("present");
+        let (_, r) = block_on(again.get_by_id("key_1")).expect("get").expect("present");
         assert_eq!((r.revoked_at, r.expires_at), (Some(1_800_000_000), None));
     }
 
@@ -838,19 +786,10 @@ mod tests {
         block_on(store.insert(&KeyHash::of("a"), &rec)).expect("insert");
         block_on(store.insert(&KeyHash::of("a"), &rec)).expect("the same insert again is a no-op");
         let same_hash = block_on(store.insert(&KeyHash::of("a"), &record("key_2", "acme", 1)));
-        assert!(
-            matches!(same_hash, Err(StoreError::Conflict(_))),
-            "{same_hash:?}"
-        );
+        assert!(matches!(same_hash, Err(StoreError::Conflict(_))), "{same_hash:?}");
         let same_id = block_on(store.insert(&KeyHash::of("b"), &rec));
-        assert!(
-            matches!(same_id, Err(StoreError::Conflict(_))),
-            "{same_id:?}"
-        );
-        assert!(matches!(
-            block_on(store.revoke("nope", 1)),
-            Err(StoreError::NotFound(_))
-        ));
+        assert!(matches!(same_id, Err(StoreError::Conflict(_))), "{same_id:?}");
+        assert!(matches!(block_on(store.revoke("nope", 1)), Err(StoreError::NotFound(_))));
         assert!(matches!(
             block_on(store.set_expires_at("nope", Some(1))),
             Err(StoreError::NotFound(_))
@@ -870,11 +809,7 @@ mod tests {
             block_on(store.insert(&KeyHash::of(key), &record(id, owner, t))).expect("insert");
         }
         let ids = |owner| -> Vec<String> {
-            block_on(store.list(owner))
-                .expect("list")
-                .into_iter()
-                .map(|(_, r)| r.id)
-                .collect()
+            block_on(store.list(owner)).expect("list").into_iter().map(|(_, r)| r.id).collect()
         };
         assert_eq!(ids(Some("acme")), ["key_b", "key_c", "key_a"]);
         assert_eq!(ids(None), ["key_z", "key_b", "key_c", "key_a"]);
@@ -907,11 +842,8 @@ mod tests {
     fn a_failed_reload_keeps_the_old_keys() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("keys.yaml");
-        fs::write(
-            &path,
-            format!("keys:\n  - {{hash: {H1}, id: a, name: n, owner: o}}\n"),
-        )
-        .expect("write");
+        fs::write(&path, format!("keys:\n  - {{hash: {H1}, id: a, name: n, owner: o}}\n"))
+            .expect("write");
         let store = MemoryStore::load(Some(&path)).expect("load");
         fs::write(&path, "keys:\n  - {hash: nope}\n").expect("break it");
         let err = store.reload().expect_err("broken file");

@@ -14,7 +14,9 @@
 //! `get` runs on the request path, and the enum dispatch keeps it a plain
 //! static call.
 
+pub mod cache;
 pub mod events;
+pub mod last_used;
 pub mod memory;
 pub mod record;
 pub mod redis;
@@ -136,9 +138,9 @@ impl Store {
     /// never waits for the network; it must run inside a tokio runtime.
     pub fn from_config(config: &StoreConfig) -> Result<Store, StoreError> {
         match config.kind {
-            StoreKind::Memory => Ok(Store::Memory(MemoryStore::load(
-                config.memory.keys_file.as_deref(),
-            )?)),
+            StoreKind::Memory => {
+                Ok(Store::Memory(MemoryStore::load(config.memory.keys_file.as_deref())?))
+            }
             StoreKind::Redis => Ok(Store::Redis(RedisStore::new(&config.redis)?)),
         }
     }
@@ -251,10 +253,7 @@ pub(crate) fn check_record(r: &KeyRecord) -> Result<(), RecordProblem> {
         ("plan", r.plan.as_ref()),
     ] {
         if value.is_some_and(|v| v.chars().any(|c| c.is_whitespace() || c.is_control())) {
-            return Err(RecordProblem(
-                field,
-                "must not contain spaces or control characters",
-            ));
+            return Err(RecordProblem(field, "must not contain spaces or control characters"));
         }
     }
     Ok(())

@@ -118,10 +118,7 @@ mod tests {
     #[test]
     fn hash_matches_known_sha256_vector_and_round_trips_hex() {
         let h = KeyHash::of("abc");
-        assert_eq!(
-            h.to_hex(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(h.to_hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(KeyHash::from_hex(&h.to_hex()), Some(h));
         assert_eq!(KeyHash::from_hex(&h.to_hex().to_uppercase()), Some(h));
         assert_eq!(KeyHash::from_hex("zz"), None);
@@ -130,10 +127,7 @@ mod tests {
 
     #[test]
     fn revocation_wins_over_expiry_and_future_times_do_not_count_yet() {
-        let mut r = KeyRecord {
-            expires_at: Some(100),
-            ..Default::default()
-        };
+        let mut r = KeyRecord { expires_at: Some(100), ..Default::default() };
         assert_eq!(r.state(99), KeyState::Active);
         assert_eq!(r.state(100), KeyState::Expired);
         r.revoked_at = Some(50);

@@ -219,12 +219,8 @@ impl RedisStore {
         let manager_config = ConnectionManagerConfig::new()
             .set_number_of_retries(0)
             .set_connection_timeout(admin_timeout);
-        let task = runtime.spawn(supervise(
-            Arc::downgrade(&inner),
-            tripped,
-            client,
-            manager_config,
-        ));
+        let task =
+            runtime.spawn(supervise(Arc::downgrade(&inner), tripped, client, manager_config));
         let _ = inner.supervisor.set(task.abort_handle());
         Ok(RedisStore { inner })
     }
@@ -241,10 +237,8 @@ impl RedisStore {
     /// otherwise race the background connect). `Unavailable` on time out.
     pub async fn wait_until_up(&self, within: Duration) -> Result<(), StoreError> {
         let mut up = self.inner.up.subscribe();
-        let came_up = matches!(
-            tokio::time::timeout(within, up.wait_for(|up| *up)).await,
-            Ok(Ok(_))
-        );
+        let came_up =
+            matches!(tokio::time::timeout(within, up.wait_for(|up| *up)).await, Ok(Ok(_)));
         if came_up {
             Ok(())
         } else {
@@ -312,11 +306,7 @@ impl RedisStore {
                 other => other,
             }
         };
-        let budget = if op.on_request_path() {
-            inner.timeout
-        } else {
-            inner.admin_timeout
-        };
+        let budget = if op.on_request_path() { inner.timeout } else { inner.admin_timeout };
         match tokio::time::timeout(budget, attempt).await {
             Ok(Ok(value)) => {
                 inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
@@ -350,12 +340,7 @@ impl RedisStore {
                     async move { pipe.query_async(&mut c).await }
                 })
                 .await?;
-            out.extend(
-                chunk
-                    .iter()
-                    .zip(maps)
-                    .map(|(h, m)| (*h, (!m.is_empty()).then_some(m))),
-            );
+            out.extend(chunk.iter().zip(maps).map(|(h, m)| (*h, (!m.is_empty()).then_some(m))));
         }
         Ok(out)
     }
@@ -624,11 +609,8 @@ impl KeyStore for RedisStore {
 
     async fn insert(&self, hash: &KeyHash, record: &KeyRecord) -> Result<(), StoreError> {
         super::check_record(record).map_err(|p| StoreError::Invalid(p.to_string()))?;
-        let (key, id_key, owner_key) = (
-            self.key_of(hash),
-            self.id_key(&record.id),
-            self.owner_key(&record.owner),
-        );
+        let (key, id_key, owner_key) =
+            (self.key_of(hash), self.id_key(&record.id), self.owner_key(&record.owner));
         let hex = hash.to_hex();
         let fields = fields_of(record);
         let script = &self.inner.insert_script;
@@ -644,13 +626,8 @@ impl KeyStore for RedisStore {
             .await?;
         match outcome {
             0 => Ok(()),
-            1 => Err(StoreError::Conflict(
-                "a key with the same hash exists already".to_owned(),
-            )),
-            _ => Err(StoreError::Conflict(format!(
-                "a key with id {:?} exists already",
-                record.id
-            ))),
+            1 => Err(StoreError::Conflict("a key with the same hash exists already".to_owned())),
+            _ => Err(StoreError::Conflict(format!("a key with id {:?} exists already", record.id))),
         }
     }
 
@@ -672,12 +649,7 @@ impl KeyStore for RedisStore {
                 // EVAL rather than EVALSHA: a pipeline can't recover from
                 // NOSCRIPT after a Redis restart, and Redis caches the
                 // compiled script by its text's digest anyway.
-                pipe.cmd("EVAL")
-                    .arg(TOUCH_LUA)
-                    .arg(1)
-                    .arg(self.key_of(hash))
-                    .arg(*at)
-                    .ignore();
+                pipe.cmd("EVAL").arg(TOUCH_LUA).arg(1).arg(self.key_of(hash)).arg(*at).ignore();
             }
             self.run(Op::TouchLastUsed, |mut c| {
                 let pipe = &pipe;
@@ -756,12 +728,7 @@ impl RedisStore {
                     async move { pipe.query_async(&mut c).await }
                 })
                 .await?;
-            hashes.extend(
-                hexes
-                    .iter()
-                    .flatten()
-                    .filter_map(|h| KeyHash::from_hex(h.trim())),
-            );
+            hashes.extend(hexes.iter().flatten().filter_map(|h| KeyHash::from_hex(h.trim())));
         }
         Ok(hashes)
     }
@@ -922,10 +889,7 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     #[test]
@@ -997,12 +961,9 @@ mod tests {
 
     #[test]
     fn scopes_that_are_not_scope_names_are_dropped_not_forwarded() {
-        let (r, dropped) = parse_record(&map(&[
-            ("id", "k"),
-            ("owner", "o"),
-            ("scopes", "jobs:read * Admin:All"),
-        ]))
-        .expect("parses");
+        let (r, dropped) =
+            parse_record(&map(&[("id", "k"), ("owner", "o"), ("scopes", "jobs:read * Admin:All")]))
+                .expect("parses");
         assert_eq!(r.scopes, ["jobs:read"]);
         assert_eq!(dropped, ["*", "Admin:All"]);
     }
@@ -1025,10 +986,7 @@ mod tests {
         };
         let fields = fields_of(&r);
         let names: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
-        assert!(
-            !names.contains(&"plan") && !names.contains(&"revoked_at"),
-            "{names:?}"
-        );
+        assert!(!names.contains(&"plan") && !names.contains(&"revoked_at"), "{names:?}");
         let as_map = fields.into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
         assert_eq!(parse_record(&as_map).expect("parses").0, r);
     }
@@ -1062,18 +1020,13 @@ mod tests {
             ..RedisConfig::default()
         };
         let err = RedisStore::new(&config).expect_err("cluster");
-        assert!(
-            matches!(err, StoreError::Unavailable(ref m) if m.contains("cluster")),
-            "{err}"
-        );
+        assert!(matches!(err, StoreError::Unavailable(ref m) if m.contains("cluster")), "{err}");
     }
 
     #[test]
     fn a_bad_url_error_never_shows_the_password() {
-        let config = RedisConfig {
-            url: Some("redis://user:hunter2@[bad".into()),
-            ..RedisConfig::default()
-        };
+        let config =
+            RedisConfig { url: Some("redis://user:hunter2@[bad".into()), ..RedisConfig::default() };
         let err = RedisStore::new(&config).expect_err("bad url").to_string();
         assert!(!err.contains("hunter2"), "{err}");
     }

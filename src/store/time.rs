@@ -37,24 +37,15 @@ mod tests {
     fn utc_forms_parse_to_unix_seconds() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2026-11-01T00:00:00Z"), Some(1_793_491_200));
-        assert_eq!(
-            parse_rfc3339("2026-11-01T00:00:00+00:00"),
-            Some(1_793_491_200)
-        );
+        assert_eq!(parse_rfc3339("2026-11-01T00:00:00+00:00"), Some(1_793_491_200));
         assert_eq!(parse_rfc3339("2026-11-01t00:00:00z"), Some(1_793_491_200));
         assert_eq!(parse_rfc3339(" 2024-02-29T12:34:56Z "), Some(1_709_210_096));
     }
 
     #[test]
     fn fractional_seconds_are_floored() {
-        assert_eq!(
-            parse_rfc3339("2026-11-01T00:00:00.999Z"),
-            Some(1_793_491_200)
-        );
-        assert_eq!(
-            parse_rfc3339("2026-11-01T00:00:01.000000001+00:00"),
-            Some(1_793_491_201)
-        );
+        assert_eq!(parse_rfc3339("2026-11-01T00:00:00.999Z"), Some(1_793_491_200));
+        assert_eq!(parse_rfc3339("2026-11-01T00:00:01.000000001+00:00"), Some(1_793_491_201));
     }
 
     #[test]

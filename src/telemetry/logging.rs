@@ -15,14 +15,24 @@ pub enum LogFormat {
     Text,
 }
 
+/// Where log lines go: stdout for the server, stderr for one-shot commands
+/// whose stdout is their output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    Stdout,
+    Stderr,
+}
+
 /// Installs the global subscriber. Returns an error message when the level
 /// directive does not parse.
-pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
+pub fn init(format: LogFormat, level: &str, target: LogTarget) -> Result<(), String> {
     let filter = EnvFilter::try_new(level)
         .map_err(|e| format!("--log-level (KEYWARD_LOG_LEVEL): invalid level {level:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+    let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(match target {
+        LogTarget::Stdout => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout),
+        LogTarget::Stderr => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     let result = match format {
         LogFormat::Json => builder
             .json()

@@ -36,11 +36,7 @@ impl Response {
     }
 
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect()
+        self.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect()
     }
 
     pub fn text(&self) -> String {
@@ -66,9 +62,7 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Response {
 
 /// Any method; panics (naming method and URL) when no response arrives.
 pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Bytes) -> Response {
-    try_request(method, url, headers, body)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+    try_request(method, url, headers, body).await.unwrap_or_else(|e| panic!("{method} {url}: {e}"))
 }
 
 /// Like [`request`], but a connection error or timeout is an `Err`
@@ -95,9 +89,7 @@ pub async fn h2c_request(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> Response {
-    let client = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
+    let client = Client::builder(TokioExecutor::new()).http2_only(true).build_http::<Full<Bytes>>();
     send(&client, method, url, headers, body)
         .await
         .unwrap_or_else(|e| panic!("h2c {method} {url}: {e}"))
@@ -116,15 +108,11 @@ pub fn request_blocking(
     body: Bytes,
 ) -> Response {
     let (method, url) = (method.to_owned(), url.to_owned());
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-        .collect();
+    let headers: Vec<(String, String)> =
+        headers.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect();
     super::block_on(async move {
-        let headers: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
+        let headers: Vec<(&str, &str)> =
+            headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         request(&method, &url, &headers, body).await
     })
 }
@@ -150,16 +138,10 @@ async fn send(
         req.headers_mut().append(name, value);
     }
     let exchange = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| format!("request failed: {e:?}"))?;
+        let resp = client.request(req).await.map_err(|e| format!("request failed: {e:?}"))?;
         let (parts, body) = resp.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| format!("reading body failed: {e:?}"))?
-            .to_bytes();
+        let body =
+            body.collect().await.map_err(|e| format!("reading body failed: {e:?}"))?.to_bytes();
         Ok(Response {
             status: parts.status.as_u16(),
             version: parts.version,
@@ -194,9 +176,7 @@ pub fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> Vec<u8> {
 /// Like [`raw`], but stops as soon as one complete response (after any
 /// interim 1xx; a 101 ends at its head) has arrived.
 pub fn raw_one(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> Vec<u8> {
-    raw_until(addr, bytes, timeout, |buf| {
-        matches!(parse_one(buf, false), Ok(Some(_)))
-    })
+    raw_until(addr, bytes, timeout, |buf| matches!(parse_one(buf, false), Ok(Some(_))))
 }
 
 fn raw_until(
@@ -303,9 +283,8 @@ fn parse_one(buf: &[u8], at_eof: bool) -> Result<Option<(Parsed, usize)>, String
             .ok_or_else(|| format!("bad status line {status_line:?}"))?;
         let mut headers = Vec::new();
         for line in lines {
-            let (name, value) = line
-                .split_once(':')
-                .ok_or_else(|| format!("bad header line {line:?}"))?;
+            let (name, value) =
+                line.split_once(':').ok_or_else(|| format!("bad header line {line:?}"))?;
             headers.push((name.to_owned(), value.trim().to_owned()));
         }
         let body_start = start + head_len;
@@ -314,10 +293,7 @@ fn parse_one(buf: &[u8], at_eof: bool) -> Result<Option<(Parsed, usize)>, String
             continue;
         }
         let header = |n: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                .map(|(_, v)| v.clone())
+            headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone())
         };
         let body_bytes = &buf[body_start..];
         if status == 101 || status == 204 || status == 304 {
@@ -329,9 +305,7 @@ fn parse_one(buf: &[u8], at_eof: bool) -> Result<Option<(Parsed, usize)>, String
                 .map(|(body, used)| ((status, headers, body), body_start + used)));
         }
         if let Some(cl) = header("content-length") {
-            let n: usize = cl
-                .parse()
-                .map_err(|_| format!("bad content-length {cl:?}"))?;
+            let n: usize = cl.parse().map_err(|_| format!("bad content-length {cl:?}"))?;
             if body_bytes.len() < n {
                 return Ok(None);
             }

@@ -75,10 +75,8 @@ impl KeywardBuilder {
     /// Runs `program leading_args… <subcommand> --config … …` instead of
     /// the keyward binary: for the harness's own tests, with a stand-in.
     pub fn program(mut self, program: &str, leading_args: &[&str]) -> Self {
-        self.program = Some((
-            program.to_owned(),
-            leading_args.iter().map(|a| (*a).to_owned()).collect(),
-        ));
+        self.program =
+            Some((program.to_owned(), leading_args.iter().map(|a| (*a).to_owned()).collect()));
         self
     }
 
@@ -108,8 +106,7 @@ impl KeywardBuilder {
     /// An extra file in the child's temp dir (a keys file, a TLS cert, …);
     /// the config can name it by its relative path.
     pub fn file(mut self, name: &str, contents: impl AsRef<[u8]>) -> Self {
-        self.files
-            .push((name.to_owned(), contents.as_ref().to_vec()));
+        self.files.push((name.to_owned(), contents.as_ref().to_vec()));
         self
     }
 
@@ -226,8 +223,7 @@ impl KeywardBuilder {
             std::fs::write(&config_path, yaml).expect("write keyward.yaml");
             cmd.arg("--config").arg(&config_path);
         }
-        cmd.arg("--log-format")
-            .arg(self.log_format.as_deref().unwrap_or("json"));
+        cmd.arg("--log-format").arg(self.log_format.as_deref().unwrap_or("json"));
         cmd.args(&self.args);
         (cmd, dir, config_path)
     }
@@ -239,6 +235,12 @@ impl Keyward {
     }
 
     /// `keyward serve --config <tmp>/keyward.yaml --log-format json`, waits for "listening".
+    /// Starts keyward with `config_yaml` and a `keys.yaml` holding
+    /// [`super::TEST_KEY`] beside it (see [`super::keyed_config_yaml`]).
+    pub fn start_keyed(config_yaml: &str) -> Keyward {
+        Keyward::builder().config(config_yaml).file("keys.yaml", super::test_keys_file()).start()
+    }
+
     pub fn start(config_yaml: &str) -> Keyward {
         Self::builder().config(config_yaml).start()
     }
@@ -250,8 +252,7 @@ impl Keyward {
 
     /// The admin listener; panics if the listening line named none.
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-            .expect("the \"listening\" log line had no admin address")
+        self.admin.expect("the \"listening\" log line had no admin address")
     }
 
     /// `http://127.0.0.1:P{path}` on the proxy listener.
@@ -370,10 +371,7 @@ impl Keyward {
     pub fn wait_for_event(&self, message: &str, n: usize, timeout: Duration) -> Option<Value> {
         let mut found = None;
         super::wait_until(timeout, || {
-            found = self
-                .log_events(message)
-                .into_iter()
-                .nth(n.saturating_sub(1));
+            found = self.log_events(message).into_iter().nth(n.saturating_sub(1));
             found.is_some()
         });
         found
@@ -415,9 +413,7 @@ impl Drop for Keyward {
 /// A field of a log event: top level, or under `fields` (tracing-subscriber's
 /// json layout when not flattened).
 pub fn field<'a>(event: &'a Value, name: &str) -> Option<&'a Value> {
-    event
-        .get(name)
-        .or_else(|| event.get("fields").and_then(|f| f.get(name)))
+    event.get(name).or_else(|| event.get("fields").and_then(|f| f.get(name)))
 }
 
 fn find_listening(lines: &[String]) -> Option<Value> {
@@ -491,10 +487,8 @@ pub fn run(args: &[&str]) -> Output {
 /// [`run`] with environment variables (inherited `KEYWARD_*` are removed).
 pub fn run_with(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
-    let envs: Vec<(String, String)> = envs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+    let envs: Vec<(String, String)> =
+        envs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     clean_env(&mut cmd, &envs);
     cmd.args(args);
     wait_output(&mut cmd, RUN_TIMEOUT)

@@ -11,10 +11,7 @@ pub struct Sample {
 
 impl Sample {
     pub fn label(&self, name: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -41,12 +38,9 @@ pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 /// Whether any sample (or `# TYPE`/`# HELP` line) mentions metric `name`.
 pub fn has_metric(text: &str, name: &str) -> bool {
     text.lines().any(|line| {
-        let line = line
-            .strip_prefix("# TYPE ")
-            .or_else(|| line.strip_prefix("# HELP "))
-            .unwrap_or(line);
-        line.strip_prefix(name)
-            .is_some_and(|rest| rest.starts_with([' ', '{']))
+        let line =
+            line.strip_prefix("# TYPE ").or_else(|| line.strip_prefix("# HELP ")).unwrap_or(line);
+        line.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{']))
     })
 }
 
@@ -72,11 +66,7 @@ fn parse_line(line: &str) -> Option<Sample> {
         "-Inf" => f64::NEG_INFINITY,
         v => v.parse().ok()?,
     };
-    Some(Sample {
-        name: name.to_owned(),
-        labels,
-        value,
-    })
+    Some(Sample { name: name.to_owned(), labels, value })
 }
 
 /// Parses `k="v",k2="v2"}`; returns the labels and the bytes used (through `}`).

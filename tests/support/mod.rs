@@ -68,10 +68,7 @@ impl ReservedPort {
         socket.set_reuseaddr(true)?;
         socket.bind(loopback(port))?;
         let port = socket.local_addr()?.port();
-        Ok(ReservedPort {
-            port,
-            _socket: socket,
-        })
+        Ok(ReservedPort { port, _socket: socket })
     }
 
     /// Reserves `port`, retrying for up to `timeout`: right after a server
@@ -169,4 +166,34 @@ where
     })
     .join()
     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// A valid keyward key (SPEC §4 format and checksum) for tests, with its
+/// SHA-256. Test-only: it guards nothing.
+pub const TEST_KEY: &str = "kw_test_znS705wyypb2gi56nMF11o1MfdUdT95B3gqPre";
+pub const TEST_KEY_HASH: &str = "2ff6a6cdb5cf8982e7786c6aa7ba4a45b8e577b0f775c8089b01f52bf1d28439";
+/// `Authorization: Bearer TEST_KEY`.
+pub const AUTH: (&str, &str) =
+    ("Authorization", "Bearer kw_test_znS705wyypb2gi56nMF11o1MfdUdT95B3gqPre");
+pub const AUTH_LINE: &str =
+    "Authorization: Bearer kw_test_znS705wyypb2gi56nMF11o1MfdUdT95B3gqPre\r\n";
+
+/// A memory-store keys file holding [`TEST_KEY`] (id `key_test`, owner
+/// `acme`, scopes `jobs:read jobs:write`).
+pub fn test_keys_file() -> String {
+    format!(
+        "keys:\n  - hash: {TEST_KEY_HASH}\n    id: key_test\n    name: test\n    owner: acme\n    \
+         env: test\n    scopes: [jobs:read, jobs:write]\n    display_prefix: kw_test_znS7\n"
+    )
+}
+
+/// Like [`config_yaml`], with the memory store reading `keys.yaml`; start
+/// it with [`keyward::Keyward::start_keyed`], which writes that file.
+pub fn keyed_config_yaml(upstream_url: &str) -> String {
+    format!(
+        "listen: \"127.0.0.1:0\"\n\
+         admin:\n  listen: \"127.0.0.1:0\"\n\
+         upstream:\n  url: \"{upstream_url}\"\n\
+         store:\n  kind: memory\n  memory:\n    keys_file: keys.yaml\n"
+    )
 }

@@ -50,14 +50,7 @@ impl RedisServer {
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
             match spawn(port, dir.path()) {
-                Ok(child) => {
-                    return RedisServer {
-                        port,
-                        dir,
-                        child: Some(child),
-                        reserved: None,
-                    }
-                }
+                Ok(child) => return RedisServer { port, dir, child: Some(child), reserved: None },
                 // Most likely another process took the port between our probe
                 // and redis-server's bind: try another one.
                 Err(e) => last_error = e,
@@ -142,10 +135,7 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "redis-server did not restart on port {}: {last_error}",
-            self.port
-        );
+        panic!("redis-server did not restart on port {}: {last_error}", self.port);
     }
 
     /// One command on a fresh connection. A Redis error reply is an `Err`
@@ -183,10 +173,7 @@ impl RedisServer {
 
     /// `GET key` as a string, `None` when absent.
     pub fn get(&self, key: &str) -> Option<String> {
-        self.cmd(&["GET", key])
-            .expect("GET")
-            .as_str()
-            .map(str::to_owned)
+        self.cmd(&["GET", key]).expect("GET").as_str().map(str::to_owned)
     }
 }
 
@@ -204,11 +191,7 @@ impl Drop for RedisServer {
 /// counts). On failure the child is killed and its log returned.
 fn spawn(port: u16, dir: &Path) -> Result<Child, String> {
     let log_path = dir.join("redis.log");
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .expect("open redis.log");
+    let log = OpenOptions::new().create(true).append(true).open(&log_path).expect("open redis.log");
     let log_err = log.try_clone().expect("clone redis.log handle");
     let port_s = port.to_string();
     let dir_s = dir.to_str().expect("temp dir path is UTF-8");
@@ -326,10 +309,9 @@ impl RespValue {
     /// string gives one element; anything else none.
     pub fn into_strings(self) -> Vec<String> {
         match self {
-            RespValue::Array(items) => items
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
+            RespValue::Array(items) => {
+                items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+            }
             other => other.as_str().map(str::to_owned).into_iter().collect(),
         }
     }
@@ -349,17 +331,12 @@ impl RespConn {
             .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
             .map_err(|e| format!("set redis socket timeouts: {e}"))?;
         let _ = stream.set_nodelay(true);
-        Ok(RespConn {
-            reader: BufReader::new(stream),
-        })
+        Ok(RespConn { reader: BufReader::new(stream) })
     }
 
     /// Sends one command (an array of bulk strings).
     pub fn send(&mut self, args: &[&str]) -> Result<(), String> {
-        self.reader
-            .get_mut()
-            .write_all(&encode(args))
-            .map_err(|e| format!("write to redis: {e}"))
+        self.reader.get_mut().write_all(&encode(args)).map_err(|e| format!("write to redis: {e}"))
     }
 
     /// Reads one reply (for pub/sub messages too). A top-level error reply
@@ -406,14 +383,9 @@ pub fn read_value(r: &mut impl BufRead, depth: usize) -> Result<RespValue, Strin
         return Err("RESP nesting deeper than 32".to_owned());
     }
     let line = read_line(r)?;
-    let (kind, rest) = line
-        .split_first()
-        .ok_or_else(|| "empty RESP line".to_owned())?;
+    let (kind, rest) = line.split_first().ok_or_else(|| "empty RESP line".to_owned())?;
     let text = String::from_utf8_lossy(rest).into_owned();
-    let int = |s: &str| {
-        s.parse::<i64>()
-            .map_err(|_| format!("bad RESP integer {s:?}"))
-    };
+    let int = |s: &str| s.parse::<i64>().map_err(|_| format!("bad RESP integer {s:?}"));
     match kind {
         b'+' => Ok(RespValue::Simple(text)),
         b'-' => Ok(RespValue::Error(text)),
@@ -429,8 +401,7 @@ pub fn read_value(r: &mut impl BufRead, depth: usize) -> Result<RespValue, Strin
                 return Err(format!("bulk string of {len} bytes"));
             }
             let mut buf = vec![0; len + 2];
-            r.read_exact(&mut buf)
-                .map_err(|e| format!("read RESP bulk: {e}"))?;
+            r.read_exact(&mut buf).map_err(|e| format!("read RESP bulk: {e}"))?;
             if &buf[len..] != b"\r\n" {
                 return Err("bulk string not terminated by CRLF".to_owned());
             }

@@ -67,10 +67,7 @@ pub struct Recorded {
 impl Recorded {
     /// First value of a header, case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// Every value of a header, in received order.
@@ -88,9 +85,7 @@ impl Recorded {
 
     /// The path part of `raw_target` (before `?`).
     pub fn path(&self) -> &str {
-        self.raw_target
-            .split_once('?')
-            .map_or(self.raw_target.as_str(), |(p, _)| p)
+        self.raw_target.split_once('?').map_or(self.raw_target.as_str(), |(p, _)| p)
     }
 }
 
@@ -131,9 +126,7 @@ impl EchoUpstream {
     pub fn start_on(port: u16) -> EchoUpstream {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .unwrap_or_else(|e| panic!("echo upstream: bind 127.0.0.1:{port}: {e}"));
-        listener
-            .set_nonblocking(true)
-            .expect("echo upstream: set_nonblocking");
+        listener.set_nonblocking(true).expect("echo upstream: set_nonblocking");
         let addr = listener.local_addr().expect("echo upstream: local_addr");
         let state = Arc::new(State::default());
         let (tx, rx) = oneshot::channel();
@@ -156,12 +149,7 @@ impl EchoUpstream {
                 // Dropping the runtime here drops every connection task.
             })
             .expect("echo upstream: spawn thread");
-        EchoUpstream {
-            addr,
-            state,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        }
+        EchoUpstream { addr, state, shutdown: Some(tx), thread: Some(thread) }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -182,10 +170,7 @@ impl EchoUpstream {
         self.state
             .lock()
             .iter()
-            .map(|e| Recorded {
-                body_len: e.body_len.load(Ordering::SeqCst),
-                ..e.rec.clone()
-            })
+            .map(|e| Recorded { body_len: e.body_len.load(Ordering::SeqCst), ..e.rec.clone() })
             .collect()
     }
 
@@ -277,15 +262,11 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<State>) {
 type RespBody = BoxBody<Bytes, hyper::Error>;
 
 fn full(body: impl Into<Bytes>) -> RespBody {
-    Full::new(body.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(body.into()).map_err(|never| match never {}).boxed()
 }
 
 fn empty() -> RespBody {
-    Empty::<Bytes>::new()
-        .map_err(|never| match never {})
-        .boxed()
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
 }
 
 fn status_only(status: StatusCode) -> Response<RespBody> {
@@ -303,18 +284,12 @@ async fn handle(
     let raw_target = if req.version() != Version::HTTP_2 && uri.authority().is_some() {
         uri.to_string()
     } else {
-        uri.path_and_query()
-            .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned())
+        uri.path_and_query().map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned())
     };
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     let rec = Recorded {
         method: req.method().as_str().to_owned(),
@@ -324,10 +299,7 @@ async fn handle(
         body_len: 0,
     };
     let body_len = Arc::new(AtomicU64::new(0));
-    state.lock().push(Entry {
-        rec: rec.clone(),
-        body_len: Arc::clone(&body_len),
-    });
+    state.lock().push(Entry { rec: rec.clone(), body_len: Arc::clone(&body_len) });
 
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
@@ -343,15 +315,10 @@ async fn handle(
         }
         (_, "ws") => websocket(&mut req),
         (_, "echo-body") => {
-            let body = CountingBody {
-                inner: req.into_body(),
-                count: body_len,
-            };
+            let body = CountingBody { inner: req.into_body(), count: body_len };
             let mut resp = Response::new(body.boxed());
-            resp.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
             resp
         }
         (_, "slow") => {
@@ -366,11 +333,7 @@ async fn handle(
         }
         ("status", code) => {
             drain(req.into_body(), &body_len).await;
-            match code
-                .parse::<u16>()
-                .ok()
-                .and_then(|c| StatusCode::from_u16(c).ok())
-            {
+            match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
                 Some(status) if status.as_u16() >= 200 => {
                     let body =
                         if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
@@ -392,16 +355,11 @@ async fn handle(
             match n.parse::<u64>() {
                 Ok(n) if n <= MAX_BYTES => {
                     let mut resp = Response::new(
-                        PatternBody { offset: 0, len: n }
-                            .map_err(|never| match never {})
-                            .boxed(),
+                        PatternBody { offset: 0, len: n }.map_err(|never| match never {}).boxed(),
                     );
+                    resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(n));
                     resp.headers_mut()
-                        .insert(CONTENT_LENGTH, HeaderValue::from(n));
-                    resp.headers_mut().insert(
-                        CONTENT_TYPE,
-                        HeaderValue::from_static("application/octet-stream"),
-                    );
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
                     resp
                 }
                 _ => status_only(StatusCode::BAD_REQUEST),
@@ -418,10 +376,7 @@ async fn handle(
                 ("proxy-connection", "keep-alive"),
                 ("x-end-to-end", "yes"),
             ] {
-                h.append(
-                    HeaderName::from_static(name),
-                    HeaderValue::from_static(value),
-                );
+                h.append(HeaderName::from_static(name), HeaderValue::from_static(value));
             }
             resp
         }
@@ -466,18 +421,18 @@ fn echo_json(rec: &Recorded, body_len: u64) -> Response<RespBody> {
         "body_len": body_len,
     });
     let mut resp = Response::new(full(body.to_string()));
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
 /// 101 and an echo task on the upgraded connection, or 400 without
 /// `Upgrade: websocket`.
 fn websocket(req: &mut Request<Incoming>) -> Response<RespBody> {
-    let wants_ws = req.headers().get_all(UPGRADE).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.to_ascii_lowercase().contains("websocket"))
-    });
+    let wants_ws = req
+        .headers()
+        .get_all(UPGRADE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.to_ascii_lowercase().contains("websocket")));
     if !wants_ws {
         return status_only(StatusCode::BAD_REQUEST);
     }
@@ -491,12 +446,8 @@ fn websocket(req: &mut Request<Incoming>) -> Response<RespBody> {
         }
     });
     let mut resp = status_only(StatusCode::SWITCHING_PROTOCOLS);
-    resp.headers_mut()
-        .insert(UPGRADE, HeaderValue::from_static("websocket"));
-    resp.headers_mut().insert(
-        http::header::CONNECTION,
-        HeaderValue::from_static("Upgrade"),
-    );
+    resp.headers_mut().insert(UPGRADE, HeaderValue::from_static("websocket"));
+    resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("Upgrade"));
     resp
 }
 
