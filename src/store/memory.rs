@@ -228,7 +228,10 @@ impl KeyStore for MemoryStore {
     async fn insert(&self, hash: &KeyHash, record: &KeyRecord) -> Result<(), StoreError> {
         check_record(record).map_err(|p| StoreError::Invalid(p.to_string()))?;
         self.change(|keys| {
-            if keys.by_hash.contains_key(hash) {
+            if let Some(existing) = keys.by_hash.get(hash) {
+                if existing.id == record.id {
+                    return Ok(());
+                }
                 return Err(StoreError::Conflict(
                     "a key with the same hash exists already".to_owned(),
                 ));
@@ -781,6 +784,7 @@ mod tests {
         let store = MemoryStore::new_empty();
         let rec = record("key_1", "acme", 1);
         block_on(store.insert(&KeyHash::of("a"), &rec)).expect("insert");
+        block_on(store.insert(&KeyHash::of("a"), &rec)).expect("the same insert again is a no-op");
         let same_hash = block_on(store.insert(&KeyHash::of("a"), &record("key_2", "acme", 1)));
         assert!(matches!(same_hash, Err(StoreError::Conflict(_))), "{same_hash:?}");
         let same_id = block_on(store.insert(&KeyHash::of("b"), &rec));

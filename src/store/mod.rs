@@ -87,7 +87,9 @@ pub trait KeyStore: Send + Sync {
         owner: Option<&str>,
     ) -> impl Future<Output = Result<Vec<(KeyHash, KeyRecord)>, StoreError>> + Send;
 
-    /// Stores a new key. `Conflict` if the hash or the id exists already.
+    /// Stores a new key. `Conflict` if the hash or the id is taken by another
+    /// key; the very same hash and id again is a no-op, so a retry after a
+    /// lost reply is safe.
     fn insert(
         &self,
         hash: &KeyHash,

@@ -10,12 +10,22 @@
 //!
 //! Availability (SPEC §9): keyward must start, and keep answering, while
 //! Redis is down. So the store connects in the background (exponential
-//! backoff with jitter, 100 ms -> 5 s), every command is bounded by
-//! `store.redis.timeout`, and once the connection is known to be broken the
+//! backoff with jitter, 100 ms -> 5 s), every operation is bounded in time
+//! (`get` and `ping` by `store.redis.timeout`; the CLI's and management
+//! API's operations by `max(timeout, 1 s)`), and once the connection is
+//! known to be broken (an I/O error, or three timeouts in a row) the
 //! store *fails fast*: calls return `Unavailable` at once instead of each
 //! request waiting out its timeout, while a background probe PINGs (100 ms
 //! -> 2 s) until Redis answers again. [`RedisStore::is_up`] reports that
 //! state for `/readyz` and the `keyward_store_up` gauge.
+//!
+//! Records are read as other writers may have written them (see
+//! `parse_record`). Operations by key id (`get_by_id`, `revoke`,
+//! `set_expires_at`) need the `{p}id:` index; a hash provisioned without it
+//! is still served and listed, but can't be found by id.
+//!
+//! `rediss://` needs redis-rs's TLS features, which the crate does not
+//! enable yet: such a URL is refused as invalid at start.
 //!
 //! Redis Cluster (`store.redis.cluster_nodes`) is not built yet:
 //! [`RedisStore::new`] refuses it with `Unavailable`. The scripts below touch
@@ -45,10 +55,11 @@ const PROBE_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duratio
 /// How often an idle, healthy store PINGs, so `is_up` notices an outage
 /// without waiting for traffic.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
-/// Connecting (TCP + AUTH + SELECT) and probing get at least this long:
-/// `store.redis.timeout` (50 ms by default) is a budget for one command on
-/// the request path, too tight for a fresh connection over a real network.
-const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connecting (TCP + AUTH + SELECT), probing and operations off the request
+/// path get at least this long: `store.redis.timeout` (50 ms by default) is
+/// the request path's budget, too tight for a fresh connection or a script
+/// load over a real network.
+const MIN_ADMIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Timeouts in a row after which the store counts as down (one slow reply
 /// under load must not fail the whole store over).
 const TIMEOUTS_TO_TRIP: u32 = 3;
@@ -65,7 +76,11 @@ pub struct RedisStore {
 struct Inner {
     prefix: String,
     timeout: Duration,
-    connect_timeout: Duration,
+    /// Connect, probe, and operations off the request path (CLI,
+    /// management API, last-used flushes): `max(timeout, 1 s)`. A
+    /// `keys revoke` must not fail because a script load over a
+    /// cross-zone link needed three round trips of 20 ms.
+    admin_timeout: Duration,
     /// The URL with its password masked: the only form that is logged.
     shown_url: String,
     /// `None` until the first connection succeeds. The manager then
@@ -101,11 +116,18 @@ impl fmt::Debug for RedisStore {
 }
 
 /// Atomically: refuse a taken hash or id, write the hash (only the fields
-/// that are set), the id index and the owner set.
+/// that are set), the id index and the owner set. The very same key (same
+/// hash, same id) already there counts as inserted, so retrying an insert
+/// whose reply was lost to a dropped connection is safe.
 /// KEYS: `{p}key:{hex}`, `{p}id:{id}`, `{p}owner:{owner}`.
 /// ARGV: hex, id, then field/value pairs. Returns 0, 1 (hash taken), 2 (id taken).
 const INSERT_LUA: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'id') == ARGV[2] and redis.call('GET', KEYS[2]) == ARGV[1] then
+    return 0
+  end
+  return 1
+end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX') then return 2 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('SADD', KEYS[3], ARGV[2])
@@ -176,12 +198,12 @@ impl RedisStore {
                 "the Redis store must be started inside a tokio runtime".to_owned(),
             )
         })?;
-        let connect_timeout = config.timeout.max(MIN_CONNECT_TIMEOUT);
+        let admin_timeout = config.timeout.max(MIN_ADMIN_TIMEOUT);
         let tripped = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
-            connect_timeout,
+            admin_timeout,
             shown_url,
             conn: ArcSwapOption::empty(),
             up: watch::Sender::new(false),
@@ -196,15 +218,17 @@ impl RedisStore {
         // holds commands for a series of retries.
         let manager_config = ConnectionManagerConfig::new()
             .set_number_of_retries(0)
-            .set_connection_timeout(connect_timeout);
+            .set_connection_timeout(admin_timeout);
         let task =
             runtime.spawn(supervise(Arc::downgrade(&inner), tripped, client, manager_config));
         let _ = inner.supervisor.set(task.abort_handle());
         Ok(RedisStore { inner })
     }
 
-    /// Whether the last command or health check succeeded: `/readyz` and the
-    /// `keyward_store_up` gauge. `false` until the first connection.
+    /// Whether the store is up: connected, and the last command or health
+    /// check did not find it down (a lone timeout does not count; three in a
+    /// row do). For `/readyz` and the `keyward_store_up` gauge. `false` until
+    /// the first connection.
     pub fn is_up(&self) -> bool {
         *self.inner.up.borrow()
     }
@@ -215,12 +239,13 @@ impl RedisStore {
         let mut up = self.inner.up.subscribe();
         let came_up =
             matches!(tokio::time::timeout(within, up.wait_for(|up| *up)).await, Ok(Ok(_)));
-        match came_up {
-            true => Ok(()),
-            false => Err(StoreError::Unavailable(format!(
+        if came_up {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!(
                 "no answer from Redis at {} within {within:?}",
                 self.inner.shown_url
-            ))),
+            )))
         }
     }
 
@@ -247,16 +272,13 @@ impl RedisStore {
     }
 
     /// Runs one operation under the store's rules: fail fast while down,
-    /// one `store.redis.timeout` for the whole operation, and a single retry
-    /// of an idempotent operation whose connection broke under it (the
-    /// manager is reconnecting already; a Redis restart or an idle-timeout
-    /// close should not fail the request that noticed it).
-    async fn run<T, F, Fut>(
-        &self,
-        op: &'static str,
-        idempotent: bool,
-        f: F,
-    ) -> Result<T, StoreError>
+    /// one time budget for the whole operation (`store.redis.timeout` on the
+    /// request path, `max(timeout, 1 s)` off it), and a single retry
+    /// when the connection broke under it (the manager is reconnecting
+    /// already; a Redis restart or an idle-timeout close should not fail the
+    /// call that noticed it). Every operation is idempotent (insert too, see
+    /// `INSERT_LUA`), so a retry after a lost reply is harmless.
+    async fn run<T, F, Fut>(&self, op: Op, f: F) -> Result<T, StoreError>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -277,14 +299,15 @@ impl RedisStore {
         let mut broke = false;
         let attempt = async {
             match f((*conn).clone()).await {
-                Err(e) if idempotent && is_connection_error(&e) => {
+                Err(e) if is_connection_error(&e) => {
                     broke = true;
                     f((*conn).clone()).await
                 }
                 other => other,
             }
         };
-        match tokio::time::timeout(inner.timeout, attempt).await {
+        let budget = if op.on_request_path() { inner.timeout } else { inner.admin_timeout };
+        match tokio::time::timeout(budget, attempt).await {
             Ok(Ok(value)) => {
                 inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
                 Ok(value)
@@ -312,7 +335,7 @@ impl RedisStore {
                 pipe.hgetall(self.key_of(hash));
             }
             let maps: Vec<HashMap<String, String>> = self
-                .run("list", true, |mut c| {
+                .run(Op::List, |mut c| {
                     let pipe = &pipe;
                     async move { pipe.query_async(&mut c).await }
                 })
@@ -326,7 +349,7 @@ impl RedisStore {
     async fn hash_of_id(&self, id: &str) -> Result<Option<KeyHash>, StoreError> {
         let key = self.id_key(id);
         let hex: Option<String> = self
-            .run("get_by_id", true, |mut c| {
+            .run(Op::GetById, |mut c| {
                 let key = &key;
                 async move { ::redis::cmd("GET").arg(key).query_async(&mut c).await }
             })
@@ -342,9 +365,12 @@ impl RedisStore {
         }
     }
 
+    /// `revoke` / `set_expires_at`: one script call that changes the field and
+    /// publishes `invalidate`. `action` is the script's ARGV[1].
     async fn modify(
         &self,
         id: &str,
+        op: Op,
         action: &'static str,
         at: Option<u64>,
     ) -> Result<KeyRecord, StoreError> {
@@ -356,7 +382,7 @@ impl RedisStore {
         let at = at.unwrap_or(0).to_string();
         let script = &self.inner.modify_script;
         let fields: Option<HashMap<String, String>> = self
-            .run(action, true, |mut c| {
+            .run(op, |mut c| {
                 let mut call = script.key(&key);
                 call.arg(action).arg(&at).arg(&hex).arg(&channel);
                 async move { call.invoke_async(&mut c).await }
@@ -373,7 +399,7 @@ impl RedisStore {
 impl Inner {
     /// Turns a Redis error into a `StoreError`, tripping the store when the
     /// error says the connection (not the data) is the problem.
-    fn failed(&self, op: &'static str, e: &RedisError) -> StoreError {
+    fn failed(&self, op: Op, e: &RedisError) -> StoreError {
         let detail = describe(e);
         if e.kind() == ErrorKind::ReadOnly {
             return StoreError::ReadOnly(format!("Redis refused a write: {detail}"));
@@ -388,11 +414,11 @@ impl Inner {
     }
 
     /// Marks the store down (once per outage) and wakes the probe.
-    fn trip(&self, op: &'static str, why: &str) {
+    fn trip(&self, op: Op, why: &str) {
         if self.set_up(false) {
             tracing::warn!(
                 url = %self.shown_url,
-                op,
+                op = op.name(),
                 error = why,
                 "key store unreachable; failing fast until Redis answers again"
             );
@@ -417,11 +443,46 @@ impl Inner {
         let mut conn = (*conn).clone();
         let ping_cmd = ::redis::cmd("PING");
         let ping = ping_cmd.query_async::<String>(&mut conn);
-        match tokio::time::timeout(self.connect_timeout, ping).await {
+        match tokio::time::timeout(self.admin_timeout, ping).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(describe(&e)),
             Err(_) => Err("PING timed out".to_owned()),
         }
+    }
+}
+
+/// The store's operations, named as the trait's methods (for logs, and for
+/// a later `keyward_store_errors_total{op}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Get,
+    GetById,
+    List,
+    Insert,
+    Revoke,
+    SetExpiresAt,
+    TouchLastUsed,
+    Ping,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::GetById => "get_by_id",
+            Op::List => "list",
+            Op::Insert => "insert",
+            Op::Revoke => "revoke",
+            Op::SetExpiresAt => "set_expires_at",
+            Op::TouchLastUsed => "touch_last_used",
+            Op::Ping => "ping",
+        }
+    }
+
+    /// `get` serves requests; `ping` answers `/readyz`, which must fail
+    /// as fast as the request path would. The rest may take longer.
+    fn on_request_path(self) -> bool {
+        matches!(self, Op::Get | Op::Ping)
     }
 }
 
@@ -439,7 +500,7 @@ async fn supervise(
     loop {
         let Some(inner) = store.upgrade() else { return };
         let connect = ConnectionManager::new_with_config(client.clone(), manager_config.clone());
-        let error = match tokio::time::timeout(inner.connect_timeout, connect).await {
+        let error = match tokio::time::timeout(inner.admin_timeout, connect).await {
             Ok(Ok(manager)) => {
                 inner.conn.store(Some(Arc::new(manager)));
                 inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
@@ -506,7 +567,7 @@ impl KeyStore for RedisStore {
     async fn get(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
         let key = self.key_of(hash);
         let fields: HashMap<String, String> = self
-            .run("get", true, |mut c| {
+            .run(Op::Get, |mut c| {
                 let key = &key;
                 async move { ::redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
             })
@@ -554,7 +615,7 @@ impl KeyStore for RedisStore {
         let fields = fields_of(record);
         let script = &self.inner.insert_script;
         let outcome: i64 = self
-            .run("insert", false, |mut c| {
+            .run(Op::Insert, |mut c| {
                 let mut call = script.key(&key);
                 call.key(&id_key).key(&owner_key).arg(&hex).arg(&record.id);
                 for (name, value) in &fields {
@@ -571,13 +632,13 @@ impl KeyStore for RedisStore {
     }
 
     async fn revoke(&self, id: &str, at: u64) -> Result<KeyRecord, StoreError> {
-        self.modify(id, "revoke", Some(at)).await
+        self.modify(id, Op::Revoke, "revoke", Some(at)).await
     }
 
     async fn set_expires_at(&self, id: &str, at: Option<u64>) -> Result<KeyRecord, StoreError> {
         match at {
-            Some(at) => self.modify(id, "expire", Some(at)).await,
-            None => self.modify(id, "unexpire", None).await,
+            Some(at) => self.modify(id, Op::SetExpiresAt, "expire", Some(at)).await,
+            None => self.modify(id, Op::SetExpiresAt, "unexpire", None).await,
         }
     }
 
@@ -590,7 +651,7 @@ impl KeyStore for RedisStore {
                 // compiled script by its text's digest anyway.
                 pipe.cmd("EVAL").arg(TOUCH_LUA).arg(1).arg(self.key_of(hash)).arg(*at).ignore();
             }
-            self.run("touch_last_used", true, |mut c| {
+            self.run(Op::TouchLastUsed, |mut c| {
                 let pipe = &pipe;
                 async move { pipe.query_async::<()>(&mut c).await }
             })
@@ -600,7 +661,7 @@ impl KeyStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run("ping", true, |mut c| async move {
+        self.run(Op::Ping, |mut c| async move {
             ::redis::cmd("PING").query_async::<String>(&mut c).await
         })
         .await
@@ -619,7 +680,7 @@ impl RedisStore {
         let mut cursor: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = self
-                .run("list", true, |mut c| {
+                .run(Op::List, |mut c| {
                     let pattern = &pattern;
                     async move {
                         ::redis::cmd("SCAN")
@@ -650,7 +711,7 @@ impl RedisStore {
     async fn owner_hashes(&self, owner: &str) -> Result<Vec<KeyHash>, StoreError> {
         let set = self.owner_key(owner);
         let ids: Vec<String> = self
-            .run("list", true, |mut c| {
+            .run(Op::List, |mut c| {
                 let set = &set;
                 async move { ::redis::cmd("SMEMBERS").arg(set).query_async(&mut c).await }
             })
@@ -662,7 +723,7 @@ impl RedisStore {
                 pipe.cmd("GET").arg(self.id_key(id));
             }
             let hexes: Vec<Option<String>> = self
-                .run("list", true, |mut c| {
+                .run(Op::List, |mut c| {
                     let pipe = &pipe;
                     async move { pipe.query_async(&mut c).await }
                 })
