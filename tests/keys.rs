@@ -37,10 +37,24 @@ fn cli(cfg: &Cfg, args: &[&str]) -> Output {
 
 /// `keys create --json` → (id, key).
 fn create(cfg: &Cfg, extra: &[&str]) -> (String, String) {
-    let mut args = vec!["create", "--owner", "acme", "--name", "ci", "--scopes", "jobs:read,jobs:write", "--json"];
+    let mut args = vec![
+        "create",
+        "--owner",
+        "acme",
+        "--name",
+        "ci",
+        "--scopes",
+        "jobs:read,jobs:write",
+        "--json",
+    ];
     args.extend_from_slice(extra);
     let out = cli(cfg, &args);
-    assert_eq!(out.status.code(), Some(0), "create failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("create --json is JSON");
     (v["id"].as_str().expect("id").to_string(), v["key"].as_str().expect("key").to_string())
 }
@@ -62,7 +76,9 @@ fn lookups(redis: &RedisServer) -> i64 {
     let text = info.as_str().unwrap_or_default().to_string();
     text.lines()
         .filter(|l| {
-            l.starts_with("cmdstat_hgetall:") || l.starts_with("cmdstat_hget:") || l.starts_with("cmdstat_hmget:")
+            l.starts_with("cmdstat_hgetall:")
+                || l.starts_with("cmdstat_hget:")
+                || l.starts_with("cmdstat_hmget:")
         })
         .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<i64>().ok())
         .sum()
@@ -77,7 +93,11 @@ async fn created_key_reaches_the_upstream_with_identity_and_without_the_secret()
     let kw = Keyward::start(&cfg.yaml);
     let resp = h::get(
         &kw.url("/v1/jobs/1"),
-        &[("Authorization", &bearer(&key)), ("X-Keyward-Owner", "mallory"), ("x-keyward-scopes", "admin:all")],
+        &[
+            ("Authorization", &bearer(&key)),
+            ("X-Keyward-Owner", "mallory"),
+            ("x-keyward-scopes", "admin:all"),
+        ],
     )
     .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
@@ -114,8 +134,23 @@ async fn key_provisioned_by_writing_redis_directly_is_accepted() {
     let (key, hash) = (support::TEST_KEY, support::TEST_KEY_HASH);
     redis
         .cmd(&[
-            "HSET", &format!("keyward:key:{hash}"), "id", "key_ext1", "name", "external", "owner", "ext-owner",
-            "env", "test", "scopes", "jobs:read", "plan", "free", "created_at", "1700000000", "display_prefix",
+            "HSET",
+            &format!("keyward:key:{hash}"),
+            "id",
+            "key_ext1",
+            "name",
+            "external",
+            "owner",
+            "ext-owner",
+            "env",
+            "test",
+            "scopes",
+            "jobs:read",
+            "plan",
+            "free",
+            "created_at",
+            "1700000000",
+            "display_prefix",
             &key[..12],
         ])
         .expect("HSET");
@@ -159,12 +194,19 @@ async fn every_401_has_its_own_code_and_challenge() {
     ] {
         let resp = get_with(&kw, key).await;
         assert_eq!((resp.status, code(&resp).as_str()), (401, want), "{}", resp.text());
-        assert_eq!(resp.header("www-authenticate"), Some("Bearer realm=\"keyward\", error=\"invalid_token\""));
+        assert_eq!(
+            resp.header("www-authenticate"),
+            Some("Bearer realm=\"keyward\", error=\"invalid_token\"")
+        );
     }
     assert_eq!(up.count(), 0, "no denied request reached the upstream");
     assert_eq!(get_with(&kw, &valid).await.status, 200);
 
-    let two = h::get(&kw.url("/v1/jobs/1"), &[("Authorization", &bearer(&valid)), ("X-API-Key", &revoked)]).await;
+    let two = h::get(
+        &kw.url("/v1/jobs/1"),
+        &[("Authorization", &bearer(&valid)), ("X-API-Key", &revoked)],
+    )
+    .await;
     assert_eq!((two.status, code(&two).as_str()), (400, "ambiguous_credentials"));
 }
 
@@ -199,7 +241,10 @@ async fn warm_cache_serves_a_valid_key_with_zero_lookups() {
     }
     assert_eq!(lookups(&redis), warm);
     let metrics = kw.metrics();
-    assert_eq!(support::metrics::sum(&metrics, "keyward_key_cache_total", &[("result", "hit")]), Some(20.0));
+    assert_eq!(
+        support::metrics::sum(&metrics, "keyward_key_cache_total", &[("result", "hit")]),
+        Some(20.0)
+    );
 }
 
 #[tokio::test]
@@ -214,9 +259,11 @@ async fn revoked_key_is_refused_by_second_replica_within_1s() {
     assert_eq!(get_with(&b, &key).await.status, 200);
     // The subscribers are up once the cache warms; give them a moment to subscribe.
     assert!(support::wait_until(Duration::from_secs(5), || {
-        redis.cmd(&["PUBSUB", "NUMSUB", "keyward:events"]).ok().and_then(|v| {
-            v.as_array().and_then(|a| a.get(1).and_then(|n| n.as_int()))
-        }) == Some(2)
+        redis
+            .cmd(&["PUBSUB", "NUMSUB", "keyward:events"])
+            .ok()
+            .and_then(|v| v.as_array().and_then(|a| a.get(1).and_then(|n| n.as_int())))
+            == Some(2)
     }));
 
     let revoked_at = Instant::now();
@@ -240,8 +287,8 @@ async fn revoked_key_is_refused_by_second_replica_within_1s() {
 #[tokio::test]
 async fn redis_outage_serves_cached_keys_refuses_unknown_ones_and_recovers() {
     let (up, mut redis) = (EchoUpstream::start(), RedisServer::start());
-    let cfg = redis_cfg(&up, &redis, "keys: {cache: {ttl: 200ms}}\nstore: {kind: redis, redis: {url: \"REDIS\"}, stale_ttl: 5m}\n");
-    // The extra store block replaces the harness's (YAML: last key wins is an error, so rebuild).
+    let cfg = redis_cfg(&up, &redis, "");
+    // A short ttl, so the outage is served from stale entries (stale_ttl).
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nupstream: {{url: \"{}\"}}\n\
          store: {{kind: redis, redis: {{url: \"{}\"}}, stale_ttl: 5m}}\nkeys: {{cache: {{ttl: 200ms}}}}\n",
@@ -342,7 +389,13 @@ async fn no_log_line_contains_a_presented_key() {
     cli(&cfg, &["revoke", &revoked_id]);
     let mut kw = Keyward::builder().config(&cfg.yaml).env("KEYWARD_LOG_LEVEL", "trace").start();
     let malformed = format!("{}x", &valid[..45]);
-    let keys = [valid.as_str(), revoked.as_str(), support::TEST_KEY, malformed.as_str(), "not-a-key-at-all-123"];
+    let keys = [
+        valid.as_str(),
+        revoked.as_str(),
+        support::TEST_KEY,
+        malformed.as_str(),
+        "not-a-key-at-all-123",
+    ];
     for key in keys {
         get_with(&kw, key).await;
         h::get(&kw.url("/v1/jobs/1"), &[("X-API-Key", key)]).await;
@@ -350,7 +403,10 @@ async fn no_log_line_contains_a_presented_key() {
     kw.flush_logs(Duration::from_secs(2));
     let denied = kw.log_events("auth.denied");
     assert!(denied.len() >= 8, "auth.denied events: {}", denied.len());
-    assert!(denied.iter().any(|e| support::keyward::field(e, "reason").and_then(|r| r.as_str()) == Some("key_revoked")));
+    assert!(denied
+        .iter()
+        .any(|e| support::keyward::field(e, "reason").and_then(|r| r.as_str())
+            == Some("key_revoked")));
     let all = format!("{}\n{}", kw.logs().join("\n"), kw.stderr());
     for key in keys {
         assert!(!all.contains(key), "a presented key appears in the logs");
@@ -374,7 +430,11 @@ fn keys_cli_lists_shows_and_hashes_without_ever_printing_a_secret() {
     assert_eq!(v["description"], "CI pipeline");
     assert!(v["expires_at"].as_str().is_some_and(|s| s.ends_with('Z')));
     for out in [&list, &show] {
-        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!all.contains(&key[12..]), "a listing printed the secret part");
     }
     let hash = support::keyward::run(&["keys", "hash", support::TEST_KEY]);
@@ -425,7 +485,9 @@ fn memory_store_keys_created_by_the_cli_are_served_after_sighup() {
         .file("keys.yaml", "keys: []\n")
         .start();
     let cfg_path = kw.config_path().to_str().expect("path").to_string();
-    let out = support::keyward::run(&["keys", "--config", &cfg_path, "create", "--owner", "m", "--name", "n", "--json"]);
+    let out = support::keyward::run(&[
+        "keys", "--config", &cfg_path, "create", "--owner", "m", "--name", "n", "--json",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let key = v["key"].as_str().expect("key").to_string();
