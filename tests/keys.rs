@@ -524,3 +524,54 @@ async fn demo_prints_a_working_key_and_curl_lines() {
     assert_eq!(ok.json()["headers"]["x-keyward-owner"], "demo");
     assert_eq!(h::get(&kw.url("/hello/world"), &[]).await.status, 401);
 }
+
+#[tokio::test]
+async fn last_used_is_written_off_the_request_path_and_flushed_at_shutdown() {
+    let (up, redis) = (EchoUpstream::start(), RedisServer::start());
+    let cfg = redis_cfg(&up, &redis, "");
+    let (id, key) = create(&cfg, &[]);
+    let hash = redis.get(&format!("keyward:id:{id}")).expect("id index");
+    let mut kw = Keyward::start(&cfg.yaml);
+    for _ in 0..5 {
+        assert_eq!(get_with(&kw, &key).await.status, 200);
+    }
+    assert!(
+        !redis.hgetall(&format!("keyward:key:{hash}")).contains_key("last_used_at"),
+        "written on the request path"
+    );
+    assert!(kw.signal("TERM"));
+    assert_eq!(kw.wait_exit(Duration::from_secs(10)).and_then(|s| s.code()), Some(0));
+    let record = redis.hgetall(&format!("keyward:key:{hash}"));
+    let used: u64 =
+        record.get("last_used_at").expect("last_used_at after shutdown").parse().expect("unix s");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(now.abs_diff(used) < 30, "last_used_at {used} vs now {now}");
+}
+
+#[test]
+fn key_lifecycle_events_are_logged_without_the_key() {
+    let (up, redis) = (EchoUpstream::start(), RedisServer::start());
+    let cfg = redis_cfg(&up, &redis, "");
+    let out = cli(&cfg, &["create", "--owner", "acme", "--name", "n", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let (id, key) = (v["id"].as_str().expect("id"), v["key"].as_str().expect("key"));
+    let created = String::from_utf8_lossy(&out.stderr).to_string();
+    let rotated = cli(&cfg, &["rotate", id, "--grace", "1m"]);
+    let rotated_out = String::from_utf8_lossy(&rotated.stderr).to_string();
+    let new_key =
+        String::from_utf8_lossy(&rotated.stdout).lines().next().unwrap_or_default().to_string();
+    let revoked = String::from_utf8_lossy(&cli(&cfg, &["revoke", id]).stderr).to_string();
+    assert!(created.contains("key.created") && created.contains(id), "{created}");
+    assert!(rotated_out.contains("key.rotated"), "{rotated_out}");
+    assert!(revoked.contains("key.revoked"), "{revoked}");
+    assert!(new_key.starts_with("kw_live_"), "rotate prints the new key first: {new_key}");
+    for log in [&created, &rotated_out, &revoked] {
+        assert!(
+            !log.contains(&key[8..]) && !log.contains(&new_key[8..]),
+            "a lifecycle log line holds a key"
+        );
+    }
+}
