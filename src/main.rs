@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use keyward::app::{self, ConfigSource};
 use keyward::cli::{keys, Cli, Command, ServeArgs};
-use keyward::config::Config;
-use keyward::store::Store;
+use keyward::config::{Config, StoreKind};
+use keyward::store::{MemoryStore, Store};
 use keyward::telemetry::logging::{self, LogFormat, LogTarget};
 
 fn main() -> ExitCode {
@@ -80,7 +80,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let (_, config) = load(&store)?;
             tokio_runtime()?
                 .block_on(async {
-                    let store = Store::from_config(&config.store)?;
+                    // The CLI may create the memory store's keys file; `serve`
+                    // insists that it exists (a typo'd path must not mean "no keys").
+                    let store = match (&config.store.kind, &config.store.memory.keys_file) {
+                        (StoreKind::Memory, Some(path)) => {
+                            Store::Memory(MemoryStore::load_or_create(path)?)
+                        }
+                        _ => Store::from_config(&config.store)?,
+                    };
                     keys::run(&config, &store, command).await
                 })
                 .map_err(|e: keys::KeysError| (e.code, e.message))
