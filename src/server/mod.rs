@@ -59,6 +59,27 @@ fn builder(s: &ListenerSettings) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// The next connection, or `None` once `shutdown` turns true. Accept errors
+/// (EMFILE and friends) back off for 50 ms instead of spinning.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+    which: &'static str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => return Some(conn),
+                Err(e) => {
+                    warn!(error = %e, listener = which, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => return None,
+        }
+    }
+}
+
 /// Accepts connections until `shutdown` turns true, then drains them for up
 /// to `shutdown_grace`.
 pub async fn run_proxy(
@@ -71,18 +92,7 @@ pub async fn run_proxy(
     let graceful = GracefulShutdown::new();
     let builder = builder(&settings);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
+        let Some((stream, peer)) = accept(&listener, &mut shutdown, "proxy").await else { break };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let service = service_fn(move |req| {
