@@ -147,6 +147,10 @@ pub async fn run(
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
+    let pending = runtime.load().not_enforced_yet();
+    if !pending.is_empty() {
+        warn!(settings = ?pending, "configured but not enforced by this build yet");
+    }
     if let Some(f) = on_listening {
         f(proxy_addr, admin_addr);
     }

@@ -21,12 +21,18 @@ pub struct Runtime {
     pub request_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_body_bytes: Option<u64>,
+    /// `allowed_hosts`, lowercased, without ports; `None` = any host.
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("upstream.url: {0}")]
     Upstream(String),
+    /// A setting whose absence of enforcement would weaken security
+    /// silently: refused instead (fail closed).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl Runtime {
@@ -38,6 +44,19 @@ impl Runtime {
             return Err(RuntimeError::Upstream(format!(
                 "{url}: only http:// upstreams are supported in this build"
             )));
+        }
+        if config.tls.is_some() {
+            // Serving plain HTTP where TLS was asked for would expose keys.
+            return Err(RuntimeError::Unsupported(
+                "tls: TLS termination is not supported in this build yet; terminate TLS in front of keyward"
+                    .into(),
+            ));
+        }
+        if config.store.failure_mode == crate::config::StoreFailureMode::Open {
+            return Err(RuntimeError::Unsupported(
+                "store.failure_mode: open is not supported (unknown keys would pass unchecked during an outage); use closed"
+                    .into(),
+            ));
         }
         let upstream_authority = url
             .authority()
@@ -51,7 +70,49 @@ impl Runtime {
             request_timeout: config.upstream.request_timeout,
             max_header_bytes: config.limits.max_header_bytes,
             max_body_bytes: config.limits.max_body_bytes,
+            allowed_hosts: config.allowed_hosts.clone(),
             config,
         })
+    }
+}
+
+impl Runtime {
+    /// Whether `host` (a Host header value, maybe with a port) is allowed
+    /// by `allowed_hosts` (SPEC §10); without the setting every host is.
+    pub fn host_allowed(&self, host: Option<&http::HeaderValue>) -> bool {
+        let Some(allowed) = &self.allowed_hosts else { return true };
+        let Some(host) = host.and_then(|h| h.to_str().ok()) else { return false };
+        let name = match host.rsplit_once(':') {
+            // IPv6 literals keep their brackets: [::1]:8080 -> [::1]
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.is_empty() => {
+                name
+            }
+            _ => host,
+        };
+        allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+    }
+
+    /// Config settings that are validated but not acted on yet, for a
+    /// start-up warning (nothing here weakens a promise silently: those
+    /// are refused in `new`).
+    pub fn not_enforced_yet(&self) -> Vec<&'static str> {
+        let c = &self.config;
+        let mut out = Vec::new();
+        if !c.routes.is_empty() {
+            out.push("routes (every path requires a valid key; scopes are not checked yet)");
+        }
+        if c.jwt.is_some() {
+            out.push("jwt (bearer tokens that are not keys are refused as malformed_key)");
+        }
+        if c.mode == crate::config::Mode::Observe {
+            out.push("mode: observe (requests are enforced)");
+        }
+        if c.cors.is_some() {
+            out.push("cors (preflights go through auth like any request)");
+        }
+        if c.identity.signing.is_some() {
+            out.push("identity.signing (no signature header is added)");
+        }
+        out
     }
 }

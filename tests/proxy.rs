@@ -490,3 +490,31 @@ fn shipped_configs_pass_check_config() {
         assert_eq!(out.status.code(), Some(0), "{file}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+#[tokio::test]
+async fn allowed_hosts_refuses_other_hosts_with_400() {
+    let up = EchoUpstream::start();
+    let kw = start(&up, "allowed_hosts: [api.example.com]\n");
+    let ok = h::get(&kw.url("/x"), &[AUTH, ("Host", "API.example.com:8443")]).await;
+    assert_eq!(ok.status, 200);
+    let other = h::get(&kw.url("/x"), &[AUTH, ("Host", "evil.example")]).await;
+    assert_problem(&other, 400, "bad_request");
+    assert_eq!(up.count(), 1);
+}
+
+#[test]
+fn settings_this_build_cannot_honour_are_refused_not_ignored() {
+    for (extra, field) in [
+        ("tls: {cert: c.pem, key: k.pem}\n", "tls"),
+        ("store: {kind: memory, failure_mode: open}\n", "store.failure_mode"),
+    ] {
+        let yaml = format!("listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\n{extra}");
+        let out = Keyward::builder().config(&yaml).run_to_exit(Duration::from_secs(20));
+        assert_eq!(out.status.code(), Some(2), "{extra}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(field),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -160,6 +160,11 @@ impl Proxy {
         // 1. normalise: refuse what must never reach routing or the upstream.
         check_method(req.method())?;
         check_target(&req)?;
+        if rt.allowed_hosts.is_some()
+            && !rt.host_allowed(headers::effective_host(req.headers(), req.uri()).as_ref())
+        {
+            return Err(Deny::BadRequest("This host is not served here"));
+        }
         if headers::head_size(req.headers()) > rt.max_header_bytes {
             return Err(Deny::HeadersTooLarge);
         }
