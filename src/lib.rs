@@ -10,6 +10,7 @@
 //! - [`config`]: YAML → validated [`config::Config`], errors with file:line:column.
 //! - [`runtime`]: the immutable per-config snapshot the request path reads.
 //! - [`proxy`]: THE request path (`proxy/mod.rs`), header rules, forwarding, problem+json.
+//! - [`routes`]: path normal form (400), the compiled route table (404), scope grants (403), explain.
 //! - [`server`]: accept loops, graceful drain, the admin listener.
 //! - [`auth`]: credential extraction, the key format and its checksum.
 //! - [`store`]: key records, the stores, the in-process key cache.
@@ -32,6 +33,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod proxy;
+pub mod routes;
 pub mod runtime;
 pub mod server;
 pub mod store;
