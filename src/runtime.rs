@@ -8,14 +8,17 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 
 use crate::auth::key::KeyFormat;
-use crate::config::Config;
+use crate::config::{Config, ConfigErrors};
 use crate::proxy::headers::HeaderPolicy;
+use crate::routes::{RouteTable, ScopeGrants};
 
 /// The request path's view of one config.
 pub struct Runtime {
     pub config: Arc<Config>,
     pub headers: HeaderPolicy,
     pub key_format: KeyFormat,
+    pub routes: RouteTable,
+    pub grants: ScopeGrants,
     pub upstream_scheme: Scheme,
     pub upstream_authority: Authority,
     pub request_timeout: Duration,
@@ -29,6 +32,9 @@ pub struct Runtime {
 pub enum RuntimeError {
     #[error("upstream.url: {0}")]
     Upstream(String),
+    /// The route table does not compile (overlapping routes, …).
+    #[error("{0}")]
+    Routes(#[from] ConfigErrors),
     /// A setting whose absence of enforcement would weaken security
     /// silently: refused instead (fail closed).
     #[error("{0}")]
@@ -65,6 +71,8 @@ impl Runtime {
         Ok(Runtime {
             headers: HeaderPolicy::new(&config),
             key_format: KeyFormat::new(&config.keys),
+            routes: RouteTable::compile(&config)?,
+            grants: ScopeGrants::new(&config.scopes),
             upstream_scheme,
             upstream_authority,
             request_timeout: config.upstream.request_timeout,
@@ -98,14 +106,8 @@ impl Runtime {
     pub fn not_enforced_yet(&self) -> Vec<&'static str> {
         let c = &self.config;
         let mut out = Vec::new();
-        if !c.routes.is_empty() {
-            out.push("routes (every path requires a valid key; scopes are not checked yet)");
-        }
         if c.jwt.is_some() {
             out.push("jwt (bearer tokens that are not keys are refused as malformed_key)");
-        }
-        if c.mode == crate::config::Mode::Observe {
-            out.push("mode: observe (requests are enforced)");
         }
         if c.cors.is_some() {
             out.push("cors (preflights go through auth like any request)");

@@ -291,7 +291,7 @@ async fn redis_outage_serves_cached_keys_refuses_unknown_ones_and_recovers() {
     // A short ttl, so the outage is served from stale entries (stale_ttl).
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nupstream: {{url: \"{}\"}}\n\
-         store: {{kind: redis, redis: {{url: \"{}\"}}, stale_ttl: 5m}}\nkeys: {{cache: {{ttl: 200ms}}}}\n",
+         store: {{kind: redis, redis: {{url: \"{}\"}}, stale_ttl: 5m}}\nkeys: {{cache: {{ttl: 200ms}}}}\nroutes: [{{path: /**}}]\n",
         up.url(),
         redis.url()
     );
@@ -479,7 +479,7 @@ fn memory_store_keys_created_by_the_cli_are_served_after_sighup() {
     let mut kw = Keyward::builder()
         .config(&format!(
             "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nupstream: {{url: \"{}\"}}\n\
-             store: {{kind: memory, memory: {{keys_file: keys.yaml}}}}\n",
+             store: {{kind: memory, memory: {{keys_file: keys.yaml}}}}\nroutes: [{{path: /**}}]\n",
             up.url()
         ))
         .file("keys.yaml", "keys: []\n")

@@ -220,7 +220,7 @@ async fn upstream_dropping_the_connection_is_502() {
 async fn slow_upstream_is_504_after_request_timeout() {
     let up = EchoUpstream::start();
     let kw = Keyward::start_keyed(&format!(
-        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nstore: {{kind: memory, memory: {{keys_file: keys.yaml}}}}\n\
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nstore: {{kind: memory, memory: {{keys_file: keys.yaml}}}}\nroutes: [{{path: /**}}]\n\
          upstream: {{url: \"{}\", request_timeout: 300ms}}\n",
         up.url()
     ));
@@ -406,7 +406,7 @@ async fn admin_listener_serves_health_readiness_and_parsable_metrics() {
     let allowed = support::metrics::sum(
         &text,
         "keyward_requests_total",
-        &[("route", "unmatched"), ("method", "GET"), ("outcome", "allowed")],
+        &[("route", "/**"), ("method", "GET"), ("outcome", "allowed")],
     );
     assert_eq!(allowed, Some(1.0), "{text}");
     let rejected =

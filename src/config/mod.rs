@@ -448,7 +448,8 @@ routes:
             config.store.memory.keys_file,
             Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/keys.yaml"))
         );
-        assert_eq!(config.tls.map(|t| t.cert), Some(PathBuf::from("/etc/keyward/tls.crt")));
+        // TLS is commented out until the build can terminate it.
+        assert!(config.tls.is_none());
     }
 
     #[test]

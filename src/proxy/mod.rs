@@ -39,6 +39,8 @@ use crate::auth::extract::{self, ExtractError, X_API_KEY};
 use crate::auth::key::display_prefix;
 use crate::auth::keyring::{Found, Keyring};
 use crate::clock;
+use crate::config::{AuthMode, Mode};
+use crate::routes::{self, Route};
 use crate::runtime::Runtime;
 use crate::store::{KeyHash, KeyRecord, KeyState};
 use crate::telemetry::{Metrics, Outcome};
@@ -66,18 +68,29 @@ pub struct Proxy {
 /// log and metric (never the key itself).
 #[derive(Default)]
 struct Caller {
+    /// Index of the matched route in the table.
+    route: Option<usize>,
+    /// Observe mode: the denial that was not enforced.
+    observed: Option<Deny>,
     record: Option<Arc<KeyRecord>>,
     /// First 12 characters of a well-formed but unknown key.
     display_prefix: Option<String>,
 }
 
 /// Who the upstream is told the caller is (SPEC §6).
-struct Identity {
-    record: Arc<KeyRecord>,
-    /// Which headers carried the key, to strip unless
-    /// `forward_authorization`.
-    in_authorization: bool,
-    in_x_api_key: bool,
+enum Identity {
+    /// A valid key.
+    Key {
+        record: Arc<KeyRecord>,
+        /// Which headers carried the key, to strip unless
+        /// `forward_authorization`.
+        in_authorization: bool,
+        in_x_api_key: bool,
+    },
+    /// No credential, on an `auth: none` or `auth: optional` route.
+    Anonymous,
+    /// Observe mode, would have been denied (SPEC §10).
+    ObserveDenied,
 }
 
 impl Proxy {
@@ -104,24 +117,17 @@ impl Proxy {
 
         let result = self.phases(&rt, req, peer, &request_id, &mut caller, started).await;
         let rid = request_id.to_str().unwrap_or_default();
+        let route = caller.route.and_then(|i| rt.routes.routes().get(i));
+        let route_label = route.map_or(UNMATCHED, |r| r.pattern.as_str());
+        if let Some(deny) = &caller.observed {
+            self.audit(rid, route_label, deny, &caller, peer, true);
+        }
         let (mut resp, outcome) = match result {
+            Ok(resp) if caller.observed.is_some() => (resp, Outcome::ObservedDeny),
             Ok(resp) => (resp, Outcome::Allowed),
             Err(deny) => {
                 if deny.is_auth_denial() {
-                    let record = caller.record.as_deref();
-                    info!(
-                        target: "keyward::audit",
-                        request_id = rid,
-                        route = UNMATCHED,
-                        reason = deny.code(),
-                        key_id = record.map(|r| r.id.as_str()),
-                        display_prefix = record
-                            .map(|r| r.display_prefix.as_str())
-                            .or(caller.display_prefix.as_deref()),
-                        owner = record.map(|r| r.owner.as_str()),
-                        client_ip = %peer.ip(),
-                        "auth.denied"
-                    );
+                    self.audit(rid, route_label, &deny, &caller, peer, false);
                 }
                 (problem::render::<Full<Bytes>>(&deny, rid).map(Either::Right), deny.outcome())
             }
@@ -130,7 +136,7 @@ impl Proxy {
 
         // Phase 10, finish: one metric and one access-log event per request.
         let elapsed = started.elapsed();
-        self.metrics.observe_request(UNMATCHED, &method, outcome, elapsed.as_secs_f64());
+        self.metrics.observe_request(route_label, &method, outcome, elapsed.as_secs_f64());
         info!(
             target: "keyward::access",
             method = %method,
@@ -139,13 +145,40 @@ impl Proxy {
             status = resp.status().as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             request_id = rid,
-            route = UNMATCHED,
+            route = route_label,
             key_id = caller.record.as_deref().map(|r| r.id.as_str()),
             outcome = outcome.as_str(),
             client_ip = %peer.ip(),
             "request"
         );
         resp
+    }
+
+    /// The `auth.denied` event (SPEC §9): who was refused, and why; never
+    /// the credential itself.
+    fn audit(
+        &self,
+        rid: &str,
+        route: &str,
+        deny: &Deny,
+        caller: &Caller,
+        peer: SocketAddr,
+        observed: bool,
+    ) {
+        let record = caller.record.as_deref();
+        info!(
+            target: "keyward::audit",
+            request_id = rid,
+            route,
+            reason = deny.code(),
+            observed,
+            key_id = record.map(|r| r.id.as_str()),
+            display_prefix =
+                record.map(|r| r.display_prefix.as_str()).or(caller.display_prefix.as_deref()),
+            owner = record.map(|r| r.owner.as_str()),
+            client_ip = %peer.ip(),
+            "auth.denied"
+        );
     }
 
     async fn phases(
@@ -157,7 +190,9 @@ impl Proxy {
         caller: &mut Caller,
         started: Instant,
     ) -> Result<Response<ProxyBody>, Deny> {
-        // 1. normalise: refuse what must never reach routing or the upstream.
+        // 1. normalise: refuse what must never reach routing or the upstream
+        // (never observed-through: these are protocol abuse, not clients
+        // that lack a key).
         check_method(req.method())?;
         check_target(&req)?;
         if rt.allowed_hosts.is_some()
@@ -173,15 +208,58 @@ impl Proxy {
                 return Err(Deny::BodyTooLarge);
             }
         }
-        // 2. route: the routes issue. Until then: auth required, no scopes.
+        let route = {
+            let path =
+                routes::normalise(req.uri().path(), rt.config.limits.allow_semicolon_in_path)
+                    .map_err(|r| Deny::PathRejected(r.detail()))?;
+            // 2. route: the most specific route, or deny by default.
+            rt.routes.find(req.method(), &path)
+        };
+        caller.route = route.map(|r| r.index);
+
+        // 3–7: who is calling, and may they?
+        let identity = match self.decide(rt, &req, route, caller, started).await {
+            Ok(identity) => identity,
+            Err(deny) if rt.config.mode == Mode::Observe => {
+                // Observe mode: the decision is recorded, the request goes on.
+                caller.observed = Some(deny);
+                Identity::ObserveDenied
+            }
+            Err(deny) => return Err(deny),
+        };
+
+        // 8. forward.
+        self.forward(rt, req, peer, request_id, &identity).await
+    }
+
+    /// Phases 2–7 for a routed request: the identity to forward, or why not.
+    async fn decide(
+        &self,
+        rt: &Runtime,
+        req: &Request<Incoming>,
+        route: Option<&Route>,
+        caller: &mut Caller,
+        started: Instant,
+    ) -> Result<Identity, Deny> {
+        let route = route.ok_or(Deny::RouteNotFound)?;
+        if route.auth == AuthMode::None {
+            return Ok(Identity::Anonymous);
+        }
 
         // 3. extract: at most one credential (SPEC §4).
         let presented = extract::extract_presented(req.headers(), &rt.config.keys.sources)
             .map_err(|e| match e {
                 ExtractError::Ambiguous => Deny::AmbiguousCredentials,
                 ExtractError::Malformed => Deny::MalformedKey,
-            })?
-            .ok_or(Deny::MissingCredentials)?;
+            })?;
+        let Some(presented) = presented else {
+            // An optional route admits the anonymous; a presented credential
+            // is never downgraded to anonymous (SPEC §3).
+            return match route.auth {
+                AuthMode::Optional => Ok(Identity::Anonymous),
+                _ => Err(Deny::MissingCredentials),
+            };
+        };
         let key = presented.credential.as_str();
 
         // 4. parse: format and checksum with no I/O, then SHA-256.
@@ -204,18 +282,20 @@ impl Proxy {
             KeyState::Revoked => return Err(Deny::KeyRevoked),
             KeyState::Expired => return Err(Deny::KeyExpired),
         }
-        let identity = Identity {
+
+        // 6. authorise: the route's scopes (SPEC §3).
+        rt.grants
+            .check(&record.scopes, route)
+            .map_err(|required| Deny::InsufficientScope { required })?;
+
+        // 7. limit: the rate-limit issue.
+        self.keyring.last_used.touch(hash, now_s);
+        self.metrics.auth_duration.observe(started.elapsed().as_secs_f64());
+        Ok(Identity::Key {
             record,
             in_authorization: presented.in_authorization,
             in_x_api_key: presented.in_x_api_key,
-        };
-
-        // 6. authorise, 7. limit: the routes and rate-limit issues.
-        self.keyring.last_used.touch(hash, now_s);
-        self.metrics.auth_duration.observe(started.elapsed().as_secs_f64());
-
-        // 8. forward.
-        self.forward(rt, req, peer, request_id, Some(&identity)).await
+        })
     }
 
     async fn forward(
@@ -224,7 +304,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         peer: SocketAddr,
         request_id: &HeaderValue,
-        identity: Option<&Identity>,
+        identity: &Identity,
     ) -> Result<Response<ProxyBody>, Deny> {
         let client_version = req.version();
         let websocket = client_version == Version::HTTP_11
@@ -301,34 +381,69 @@ impl Proxy {
 
 /// Sets the identity headers (SPEC §6), after every client copy of them was
 /// stripped, and removes the credential unless `forward_authorization`.
-fn inject_identity(rt: &Runtime, headers: &mut http::HeaderMap, identity: Option<&Identity>) {
-    let Some(id) = identity else { return };
+fn inject_identity(rt: &Runtime, headers: &mut http::HeaderMap, identity: &Identity) {
     let names = &rt.config.identity.headers;
-    let r = &id.record;
+    let forward_credential = rt.config.identity.forward_authorization;
     let value = |s: &str| HeaderValue::from_bytes(s.as_bytes()).ok();
-    if let Some(v) = value(&r.id) {
-        headers.insert(names.key_id.clone(), v);
-    }
-    if let Some(v) = value(&r.owner) {
-        headers.insert(names.owner.clone(), v);
-    }
-    if let Some(v) = value(&r.scopes.join(" ")) {
-        headers.insert(names.scopes.clone(), v);
-    }
-    if let Some(v) = r.env.as_deref().and_then(value) {
-        headers.insert(names.env.clone(), v);
-    }
-    let plan = r.plan.as_deref().unwrap_or(&rt.config.rate_limit.default_plan);
-    if let Some(v) = value(plan) {
-        headers.insert(names.plan.clone(), v);
-    }
-    headers.insert(names.auth.clone(), HeaderValue::from_static("key"));
-    if !rt.config.identity.forward_authorization {
-        if id.in_authorization {
-            headers.remove(http::header::AUTHORIZATION);
+    match identity {
+        Identity::Key { record: r, in_authorization, in_x_api_key } => {
+            if let Some(v) = value(&r.id) {
+                headers.insert(names.key_id.clone(), v);
+            }
+            if let Some(v) = value(&r.owner) {
+                headers.insert(names.owner.clone(), v);
+            }
+            if let Some(v) = value(&r.scopes.join(" ")) {
+                headers.insert(names.scopes.clone(), v);
+            }
+            if let Some(v) = r.env.as_deref().and_then(value) {
+                headers.insert(names.env.clone(), v);
+            }
+            let plan = r.plan.as_deref().unwrap_or(&rt.config.rate_limit.default_plan);
+            if let Some(v) = value(plan) {
+                headers.insert(names.plan.clone(), v);
+            }
+            headers.insert(names.auth.clone(), HeaderValue::from_static("key"));
+            if !forward_credential {
+                if *in_authorization {
+                    headers.remove(http::header::AUTHORIZATION);
+                }
+                if *in_x_api_key {
+                    headers.remove(X_API_KEY);
+                }
+            }
         }
-        if id.in_x_api_key {
-            headers.remove(X_API_KEY);
+        Identity::Anonymous | Identity::ObserveDenied => {
+            let auth = match identity {
+                Identity::Anonymous => "anonymous",
+                _ => "observe-denied",
+            };
+            headers.insert(names.auth.clone(), HeaderValue::from_static(auth));
+            if !forward_credential {
+                strip_credentials(rt, headers);
+            }
+        }
+    }
+}
+
+/// Removes whatever could carry a keyward credential (a bearer token in
+/// `Authorization`, `X-API-Key`) from the configured sources; another
+/// `Authorization` scheme is the upstream's own and stays.
+fn strip_credentials(rt: &Runtime, headers: &mut http::HeaderMap) {
+    use crate::config::KeySource;
+    for source in &rt.config.keys.sources {
+        match source {
+            KeySource::AuthorizationBearer => {
+                let bearer = headers.get(http::header::AUTHORIZATION).is_some_and(|v| {
+                    v.as_bytes().get(..7).is_some_and(|p| p.eq_ignore_ascii_case(b"bearer "))
+                });
+                if bearer {
+                    headers.remove(http::header::AUTHORIZATION);
+                }
+            }
+            KeySource::XApiKey => {
+                headers.remove(X_API_KEY);
+            }
         }
     }
 }

@@ -81,7 +81,9 @@ impl PathRejection {
             PathRejection::Semicolon => "The path contains a semicolon (; or %3B)",
             PathRejection::Control => "The path contains a control character",
             PathRejection::Fragment => "The request target contains a fragment (#)",
-            PathRejection::NonAscii => "The path contains non-ASCII bytes that are not percent-encoded",
+            PathRejection::NonAscii => {
+                "The path contains non-ASCII bytes that are not percent-encoded"
+            }
         }
     }
 
@@ -380,8 +382,7 @@ mod tests {
 
     #[test]
     fn plain_dot_segments_are_rejected_anywhere() {
-        for path in ["/.", "/..", "/./a", "/../a", "/a/./b", "/a/../b", "/a/.", "/a/..", "/a/../"]
-        {
+        for path in ["/.", "/..", "/./a", "/../a", "/a/./b", "/a/../b", "/a/.", "/a/..", "/a/../"] {
             assert_eq!(rejected(path), PathRejection::DotSegment, "{path:?}");
         }
     }
@@ -491,8 +492,10 @@ mod tests {
 
     #[test]
     fn control_characters_are_rejected_raw_or_encoded() {
-        for path in ["/a\nb", "/a\rb", "/a\tb", "/a\x7fb", "/a\x01", "/a%0A", "/a%0d", "/a%1F", "/a%7F", "/a%7f"]
-        {
+        for path in [
+            "/a\nb", "/a\rb", "/a\tb", "/a\x7fb", "/a\x01", "/a%0A", "/a%0d", "/a%1F", "/a%7F",
+            "/a%7f",
+        ] {
             assert_eq!(rejected(path), PathRejection::Control, "{path:?}");
         }
     }

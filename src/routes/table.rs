@@ -568,7 +568,8 @@ pub(crate) mod tests {
 
     #[test]
     fn trailing_slash_is_an_empty_last_segment() {
-        let t = table("routes:\n  - path: /admin\n  - path: /jobs/\n  - path: /q/{id}\n  - path: /\n");
+        let t =
+            table("routes:\n  - path: /admin\n  - path: /jobs/\n  - path: /q/{id}\n  - path: /\n");
         assert_eq!(route_for(&t, "GET", "/admin"), "/admin#0");
         assert_eq!(route_for(&t, "GET", "/admin/"), "404");
         assert_eq!(route_for(&t, "GET", "/jobs/"), "/jobs/#1");

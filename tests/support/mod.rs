@@ -112,13 +112,14 @@ pub fn loopback(port: u16) -> SocketAddr {
 }
 
 /// A minimal valid config: kernel-picked proxy and admin ports, the given
-/// upstream, the in-memory store. Append YAML (routes, plans, …) to it.
+/// upstream, the in-memory store, one catch-all route needing a key. Append YAML (routes, plans, …) to it.
 pub fn config_yaml(upstream_url: &str) -> String {
     format!(
         "listen: \"127.0.0.1:0\"\n\
          admin:\n  listen: \"127.0.0.1:0\"\n\
          upstream:\n  url: \"{upstream_url}\"\n\
-         store:\n  kind: memory\n"
+         store:\n  kind: memory\n\
+         routes:\n  - path: /**\n"
     )
 }
 
@@ -129,7 +130,8 @@ pub fn redis_config_yaml(upstream_url: &str, redis_url: &str) -> String {
         "listen: \"127.0.0.1:0\"\n\
          admin:\n  listen: \"127.0.0.1:0\"\n\
          upstream:\n  url: \"{upstream_url}\"\n\
-         store:\n  kind: redis\n  redis:\n    url: \"{redis_url}\"\n"
+         store:\n  kind: redis\n  redis:\n    url: \"{redis_url}\"\n\
+         routes:\n  - path: /**\n"
     )
 }
 
@@ -194,6 +196,7 @@ pub fn keyed_config_yaml(upstream_url: &str) -> String {
         "listen: \"127.0.0.1:0\"\n\
          admin:\n  listen: \"127.0.0.1:0\"\n\
          upstream:\n  url: \"{upstream_url}\"\n\
-         store:\n  kind: memory\n  memory:\n    keys_file: keys.yaml\n"
+         store:\n  kind: memory\n  memory:\n    keys_file: keys.yaml\n\
+         routes:\n  - path: /**\n"
     )
 }
