@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use keyward::app::{self, ConfigSource};
-use keyward::cli::{keys, Cli, Command, ServeArgs};
+use keyward::cli::{keys, Cli, Command, RoutesCommand, ServeArgs};
 use keyward::config::{Config, StoreKind};
 use keyward::store::{MemoryStore, Store};
 use keyward::telemetry::logging::{self, LogFormat, LogTarget};
@@ -37,6 +37,17 @@ fn load(args: &ServeArgs) -> Result<(PathBuf, Config), Failure> {
     Ok((path, config))
 }
 
+/// The runtime snapshot `serve` would build: also compiles the route table.
+fn runtime_of(
+    path: &std::path::Path,
+    config: &Config,
+) -> Result<keyward::runtime::Runtime, Failure> {
+    keyward::runtime::Runtime::new(std::sync::Arc::new(config.clone())).map_err(|e| match e {
+        keyward::runtime::RuntimeError::Routes(errors) => (2, errors.to_string()),
+        other => (2, format!("{}: {other}", path.display())),
+    })
+}
+
 fn tokio_runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -48,10 +59,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::CheckConfig(args) => {
             let (path, config) = load(&args)?;
-            keyward::runtime::Runtime::new(std::sync::Arc::new(config.clone()))
-                .map_err(|e| (2, format!("{}: {e}", path.display())))?;
+            let rt = runtime_of(&path, &config)?;
             println!("{}: OK", path.display());
             println!("{}", config.summary());
+            for warning in rt.routes.warnings(&config) {
+                eprintln!("warning: {warning}");
+            }
             Ok(())
         }
         Command::Serve(args) => {
@@ -62,6 +75,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
             tokio_runtime()?
                 .block_on(app::serve(source))
                 .map_err(|e| (e.exit_code() as u8, e.to_string()))
+        }
+        Command::Routes {
+            config: args,
+            command: RoutesCommand::Explain { method, path, json },
+        } => {
+            let (file, config) = load(&args)?;
+            let rt = runtime_of(&file, &config)?;
+            let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                .map_err(|_| (2, format!("METHOD: {method:?} is not an HTTP method")))?;
+            let allow = config.limits.allow_semicolon_in_path;
+            let raw = path.split_once('?').map_or(path.as_str(), |(p, _)| p);
+            if json {
+                let v = keyward::routes::explain_json(&rt.routes, &method, raw, allow);
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", keyward::routes::explain(&rt.routes, &method, raw, allow));
+            }
+            Ok(())
         }
         Command::Demo(args) => {
             let format = cli.log_format.unwrap_or(LogFormat::Text);

@@ -36,12 +36,33 @@ pub enum Command {
     CheckConfig(ServeArgs),
     /// Try keyward in one command: memory store, built-in echo upstream, a fresh test key.
     Demo(DemoArgs),
+    /// Inspect the route table.
+    Routes {
+        #[command(flatten)]
+        config: ServeArgs,
+        #[command(subcommand)]
+        command: RoutesCommand,
+    },
     /// Manage API keys in the configured store.
     Keys {
         #[command(flatten)]
         store: ServeArgs,
         #[command(subcommand)]
         command: keys::KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoutesCommand {
+    /// Which route `METHOD PATH` matches, its auth mode, scopes and plan; or why none does.
+    Explain {
+        /// e.g. GET
+        method: String,
+        /// e.g. /v1/jobs/42 (a query string is ignored, as in matching)
+        path: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
