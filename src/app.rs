@@ -155,17 +155,35 @@ pub async fn run(
         f(proxy_addr, admin_addr);
     }
 
+    // The config file (and a memory store's keys file) are also watched:
+    // polled once a second, which notices a Kubernetes ConfigMap update (a
+    // symlink swap) as well as an edit in place.
+    let keys_file = match &keyring.store {
+        Store::Memory(m) => m.path().map(|p| p.to_path_buf()),
+        Store::Redis(_) => None,
+    };
+    let mut config_stamp = source.as_ref().map(|s| FileStamp::of(&s.path));
+    let mut keys_stamp = keys_file.as_deref().map(FileStamp::of);
+    let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        tokio::select! {
+        let (config_changed, keys_changed) = tokio::select! {
             _ = sigterm.recv() => { info!(signal = "SIGTERM", "shutting down"); break; }
             _ = sigint.recv() => { info!(signal = "SIGINT", "shutting down"); break; }
-            _ = sighup.recv() => {
-                if let Some(source) = &source {
-                    reload(source, &runtime, &metrics);
-                }
-                if let Store::Memory(m) = &keyring.store {
-                    reload_keys_file(m, &keyring);
-                }
+            _ = sighup.recv() => (true, true),
+            _ = poll.tick() => (
+                changed(&mut config_stamp, source.as_ref().map(|s| s.path.as_path())),
+                changed(&mut keys_stamp, keys_file.as_deref()),
+            ),
+        };
+        if config_changed {
+            if let Some(source) = &source {
+                reload(source, &runtime, &metrics);
+            }
+        }
+        if keys_changed {
+            if let Store::Memory(m) = &keyring.store {
+                reload_keys_file(m, &keyring);
             }
         }
     }
@@ -185,6 +203,38 @@ pub async fn run(
     let _ = admin_task.await;
     info!("stopped");
     Ok(())
+}
+
+/// What identifies one version of a file: a change of any part means the
+/// file was edited or replaced (mtime alone misses a same-second edit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+impl FileStamp {
+    /// The stamp of the file `path` points to (following symlinks); a
+    /// missing file has the all-empty stamp.
+    fn of(path: &std::path::Path) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(path) {
+            Ok(m) => FileStamp { modified: m.modified().ok(), len: m.len(), inode: m.ino() },
+            Err(_) => FileStamp { modified: None, len: 0, inode: 0 },
+        }
+    }
+}
+
+/// Whether the file at `path` changed since `stamp`, updating `stamp`.
+fn changed(stamp: &mut Option<FileStamp>, path: Option<&std::path::Path>) -> bool {
+    let (Some(old), Some(path)) = (stamp.as_mut(), path) else { return false };
+    let now = FileStamp::of(path);
+    if now == *old {
+        return false;
+    }
+    *old = now;
+    true
 }
 
 /// How often pending last-used times are written.
