@@ -521,6 +521,9 @@ async fn demo_prints_a_working_key_and_curl_lines() {
     assert_eq!(ok.status, 200);
     assert_eq!(ok.json()["headers"]["x-keyward-owner"], "demo");
     assert_eq!(h::get(&kw.url("/hello/world"), &[]).await.status, 401);
+    let admin = h::get(&kw.url("/admin/settings"), &[("Authorization", &bearer(&key))]).await;
+    assert_eq!((admin.status, code(&admin).as_str()), (403, "insufficient_scope"));
+    assert!(out.contains("/admin/settings"), "the banner shows the 403 line");
 }
 
 #[tokio::test]
