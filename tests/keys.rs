@@ -523,7 +523,7 @@ async fn demo_prints_a_working_key_and_curl_lines() {
     assert_eq!(h::get(&kw.url("/hello/world"), &[]).await.status, 401);
     let admin = h::get(&kw.url("/admin/settings"), &[("Authorization", &bearer(&key))]).await;
     assert_eq!((admin.status, code(&admin).as_str()), (403, "insufficient_scope"));
-    assert!(out.contains("/admin/settings"), "the banner shows the 403 line");
+    assert!(kw.logs().join("\n").contains("/admin/settings"), "the banner shows the 403 line");
 }
 
 #[tokio::test]
