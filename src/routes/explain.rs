@@ -133,7 +133,13 @@ fn write_text(table: &RouteTable, e: &Explained<'_, '_>, out: &mut String) -> st
             )?;
         }
         Verdict::Matched { route, skipped } => {
-            writeln!(out, "route: routes[{}] {} ({})", route.index, route.pattern, table.place(route))?;
+            writeln!(
+                out,
+                "route: routes[{}] {} ({})",
+                route.index,
+                route.pattern,
+                table.place(route)
+            )?;
             let methods = match &route.methods {
                 Some(methods) => method_list(methods),
                 None => "any".to_owned(),
@@ -350,11 +356,17 @@ route: routes[1] /v1/jobs/{id} (keyward.yaml:9:5)
         let t = table(ROUTES);
         let login = explain(&t, &Method::POST, "/v1/auth/login", false);
         assert!(login.contains("auth:       none"), "{login}");
-        assert!(login.contains("rate limit: plan login per client IP (set by the route)"), "{login}");
+        assert!(
+            login.contains("rate limit: plan login per client IP (set by the route)"),
+            "{login}"
+        );
         assert!(!login.contains("scopes:"), "{login}");
         let me = explain(&t, &Method::GET, "/v1/me", false);
         assert!(me.contains("methods:    any"), "{me}");
-        assert!(me.contains("without a credential: anonymous_plan anonymous, per client IP"), "{me}");
+        assert!(
+            me.contains("without a credential: anonymous_plan anonymous, per client IP"),
+            "{me}"
+        );
         assert!(me.contains("any valid credential passes"), "{me}");
     }
 
@@ -371,7 +383,9 @@ no route matches DELETE on this path: 404 route_not_found (deny by default)
 "
         );
         let text = explain(&t, &Method::GET, "/nowhere", false);
-        assert!(text.ends_with("no route matches the path: 404 route_not_found (deny by default)\n"));
+        assert!(
+            text.ends_with("no route matches the path: 404 route_not_found (deny by default)\n")
+        );
     }
 
     #[test]

@@ -81,7 +81,9 @@ impl PathRejection {
             PathRejection::Semicolon => "The path contains a semicolon (; or %3B)",
             PathRejection::Control => "The path contains a control character",
             PathRejection::Fragment => "The request target contains a fragment (#)",
-            PathRejection::NonAscii => "The path contains non-ASCII bytes that are not percent-encoded",
+            PathRejection::NonAscii => {
+                "The path contains non-ASCII bytes that are not percent-encoded"
+            }
         }
     }
 
@@ -380,8 +382,7 @@ mod tests {
 
     #[test]
     fn plain_dot_segments_are_rejected_anywhere() {
-        for path in ["/.", "/..", "/./a", "/../a", "/a/./b", "/a/../b", "/a/.", "/a/..", "/a/../"]
-        {
+        for path in ["/.", "/..", "/./a", "/../a", "/a/./b", "/a/../b", "/a/.", "/a/..", "/a/../"] {
             assert_eq!(rejected(path), PathRejection::DotSegment, "{path:?}");
         }
     }
@@ -491,8 +492,10 @@ mod tests {
 
     #[test]
     fn control_characters_are_rejected_raw_or_encoded() {
-        for path in ["/a\nb", "/a\rb", "/a\tb", "/a\x7fb", "/a\x01", "/a%0A", "/a%0d", "/a%1F", "/a%7F", "/a%7f"]
-        {
+        for path in [
+            "/a\nb", "/a\rb", "/a\tb", "/a\x7fb", "/a\x01", "/a%0A", "/a%0d", "/a%1F", "/a%7F",
+            "/a%7f",
+        ] {
             assert_eq!(rejected(path), PathRejection::Control, "{path:?}");
         }
     }
@@ -554,7 +557,8 @@ mod tests {
     fn segment_strategy() -> impl Strategy<Value = String> {
         let atoms = prop::sample::select(vec![
             ".", "..", "%2e", "%2E", "%2f", "%2F", "%5c", "%5C", "%25", "%00", ";", "%3B", "/",
-            "//", "a", "b", "Z", "~", "-", "%41", "%6a", "%7e", "%c3%a9", "2", "e", "%", "\\",
+            "//", "a", "b", "Z", "~", "-", "%41", "%6a", "%7e", "%c3%a9", "2", "e", "%32", "%65",
+            "%", "\\",
         ]);
         prop::collection::vec(atoms, 0..4).prop_map(|parts| parts.concat())
     }
@@ -586,5 +590,49 @@ mod tests {
                 prop_assert!(normalise(path.as_str(), allow_semicolon).is_ok(), "{raw:?}");
             }
         }
+
+        /// An upstream that percent-decodes twice (the double-encoding
+        /// attack) still sees the same segments, none of them a dot segment.
+        #[test]
+        fn accepted_paths_survive_double_decoding(
+            tokens in prop::collection::vec(
+                prop::sample::select(vec![
+                    "%25", "%32", "2", "%65", "%45", "e", "%46", "%35", "%43", ".", "a", "/",
+                ]),
+                1..10,
+            ),
+        ) {
+            let raw = format!("/{}", tokens.concat());
+            if normalise(&raw, false).is_ok() {
+                let twice = percent_decode(&percent_decode(&raw));
+                let raw_count = raw.split('/').count();
+                prop_assert_eq!(twice.split('/').count(), raw_count, "{:?} -> {:?}", raw, twice);
+                prop_assert!(!twice.contains('\\') && !twice.contains('\0'), "{raw:?}");
+                for segment in twice.split('/').skip(1) {
+                    prop_assert!(segment != "." && segment != "..", "{:?} -> {:?}", raw, twice);
+                }
+            }
+        }
+    }
+
+    /// A lenient decoder, as upstream frameworks have: valid escapes become
+    /// bytes, anything else stays as it is.
+    fn percent_decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match (bytes[i], hex_pair(bytes, i + 1)) {
+                (b'%', Some(v)) => {
+                    out.push(v);
+                    i += 3;
+                }
+                (b, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
 }

@@ -142,7 +142,8 @@ impl ScopeGrants {
             }
         }
         if self.write_implies_read {
-            if let (Some(w), Some(r)) = (held.strip_suffix(":write"), required.strip_suffix(":read"))
+            if let (Some(w), Some(r)) =
+                (held.strip_suffix(":write"), required.strip_suffix(":read"))
             {
                 return w == r;
             }
@@ -299,7 +300,10 @@ mod tests {
         let r = route(&[], &["billing:read", "admin:billing"]);
         assert_eq!(g.check(&held(&["admin:billing"]), &r), Ok(()));
         assert_eq!(g.check(&held(&["billing:write"]), &r), Ok(()));
-        assert_eq!(g.check(&held(&["jobs:read"]), &r), Err(held(&["billing:read", "admin:billing"])));
+        assert_eq!(
+            g.check(&held(&["jobs:read"]), &r),
+            Err(held(&["billing:read", "admin:billing"]))
+        );
         let both = route(&["jobs:read"], &["a", "b"]);
         assert_eq!(g.check(&held(&["a"]), &both), Err(held(&["jobs:read"])));
         assert_eq!(g.check(&held(&["x"]), &both), Err(held(&["jobs:read", "a", "b"])));

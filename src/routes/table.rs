@@ -568,7 +568,8 @@ pub(crate) mod tests {
 
     #[test]
     fn trailing_slash_is_an_empty_last_segment() {
-        let t = table("routes:\n  - path: /admin\n  - path: /jobs/\n  - path: /q/{id}\n  - path: /\n");
+        let t =
+            table("routes:\n  - path: /admin\n  - path: /jobs/\n  - path: /q/{id}\n  - path: /\n");
         assert_eq!(route_for(&t, "GET", "/admin"), "/admin#0");
         assert_eq!(route_for(&t, "GET", "/admin/"), "404");
         assert_eq!(route_for(&t, "GET", "/jobs/"), "/jobs/#1");
@@ -831,9 +832,7 @@ routes:
     }
 
     fn hand_config(paths: &[&str]) -> Config {
-        let mut c = Config::default();
-        c.source = PathBuf::from("k.yaml");
-        c.routes = paths
+        let routes = paths
             .iter()
             .enumerate()
             .map(|(i, p)| RouteConfig {
@@ -846,7 +845,7 @@ routes:
                 location: Location { line: i + 1, column: 3 },
             })
             .collect();
-        c
+        Config { source: PathBuf::from("k.yaml"), routes, ..Config::default() }
     }
 
     #[test]
