@@ -6,9 +6,10 @@
 //! agree on which resource a path names, or a request authorised for one
 //! route reaches another (path confusion). The classic breaks are dot
 //! segments that the upstream resolves after the proxy decided
-//! (CVE-2021-41773, Apache's `/.%2e/` traversal), encoded separators that one
-//! side splits on and the other does not (Envoy's `%2F` handling,
-//! CVE-2019-9901 and its `normalize_path`/`merge_slashes` options), `;`
+//! (CVE-2021-41773, Apache's `/.%2e/` traversal; CVE-2019-9901, Envoy's
+//! `/info/../private` passing a prefix rule), encoded separators that one
+//! side splits on and the other does not (CVE-2021-29492, Envoy's `%2F` and
+//! `%5C`, hence its `path_with_escaped_slashes_action`), `;`
 //! path parameters that Tomcat and Spring strip (`/..;/admin`), backslashes
 //! that Windows-hosted upstreams treat as `/`, double encoding decoded twice
 //! (`%252e`), and NUL truncation. keyward refuses every such path instead of
@@ -198,6 +199,13 @@ pub(crate) fn normalise_with(
     let mut segment = SegmentState::default();
     let mut i = 1;
     while i < bytes.len() {
+        // Most of a path is plain characters: skip them in one run.
+        let run = bytes[i..].iter().take_while(|&&b| PLAIN[usize::from(b)]).count();
+        if run > 0 {
+            segment.plain(run);
+            i += run;
+            continue;
+        }
         let b = bytes[i];
         match b {
             b'/' => {
@@ -230,7 +238,7 @@ pub(crate) fn normalise_with(
                 } else if escape.bytes().any(|h| h.is_ascii_lowercase()) {
                     let out = rewritten.get_or_insert_with(|| String::with_capacity(bytes.len()));
                     out.push_str(&raw_path[copied..i]);
-                    out.push_str(&escape.to_ascii_uppercase());
+                    out.extend(escape.chars().map(|c| c.to_ascii_uppercase()));
                     copied = i + 3;
                 }
                 i += 3;
@@ -280,6 +288,13 @@ impl SegmentState {
         }
     }
 
+    /// `n` bytes that are neither dots nor special.
+    fn plain(&mut self, n: usize) {
+        if !self.in_params {
+            self.head_len += n;
+        }
+    }
+
     fn params_start(&mut self) {
         self.in_params = true;
     }
@@ -294,6 +309,18 @@ impl SegmentState {
         Ok(())
     }
 }
+
+/// Bytes that need no decision of their own: printable ASCII other than
+/// `%`, `/`, `\\`, `#`, `;` and `.`.
+static PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0x21;
+    while b < 0x7F {
+        table[b] = !matches!(b as u8, b'%' | b'/' | b'\\' | b'#' | b';' | b'.');
+        b += 1;
+    }
+    table
+};
 
 /// Whether the two characters at `at`, each raw or percent-encoded, are hex
 /// digits: what a `%25` before them would turn into an escape.
