@@ -10,7 +10,6 @@
 //! - [`config`]: YAML → validated [`config::Config`], errors with file:line:column.
 //! - [`runtime`]: the immutable per-config snapshot the request path reads.
 //! - [`proxy`]: THE request path (`proxy/mod.rs`), header rules, forwarding, problem+json.
-//! - [`routes`]: path normal form (400), the compiled route table (404), scope grants (403), explain.
 //! - [`server`]: accept loops, graceful drain, the admin listener.
 //! - [`auth`]: credential extraction, the key format and its checksum.
 //! - [`store`]: key records, the stores, the in-process key cache.

@@ -6,9 +6,10 @@
 //! agree on which resource a path names, or a request authorised for one
 //! route reaches another (path confusion). The classic breaks are dot
 //! segments that the upstream resolves after the proxy decided
-//! (CVE-2021-41773, Apache's `/.%2e/` traversal), encoded separators that one
-//! side splits on and the other does not (Envoy's `%2F` handling,
-//! CVE-2019-9901 and its `normalize_path`/`merge_slashes` options), `;`
+//! (CVE-2021-41773, Apache's `/.%2e/` traversal; CVE-2019-9901, Envoy's
+//! `/info/../private` passing a prefix rule), encoded separators that one
+//! side splits on and the other does not (CVE-2021-29492, Envoy's `%2F` and
+//! `%5C`, hence its `path_with_escaped_slashes_action`), `;`
 //! path parameters that Tomcat and Spring strip (`/..;/admin`), backslashes
 //! that Windows-hosted upstreams treat as `/`, double encoding decoded twice
 //! (`%252e`), and NUL truncation. keyward refuses every such path instead of
@@ -198,6 +199,13 @@ pub(crate) fn normalise_with(
     let mut segment = SegmentState::default();
     let mut i = 1;
     while i < bytes.len() {
+        // Most of a path is plain characters: skip them in one run.
+        let run = bytes[i..].iter().take_while(|&&b| PLAIN[usize::from(b)]).count();
+        if run > 0 {
+            segment.plain(run);
+            i += run;
+            continue;
+        }
         let b = bytes[i];
         match b {
             b'/' => {
@@ -230,7 +238,7 @@ pub(crate) fn normalise_with(
                 } else if escape.bytes().any(|h| h.is_ascii_lowercase()) {
                     let out = rewritten.get_or_insert_with(|| String::with_capacity(bytes.len()));
                     out.push_str(&raw_path[copied..i]);
-                    out.push_str(&escape.to_ascii_uppercase());
+                    out.extend(escape.chars().map(|c| c.to_ascii_uppercase()));
                     copied = i + 3;
                 }
                 i += 3;
@@ -280,6 +288,13 @@ impl SegmentState {
         }
     }
 
+    /// `n` bytes that are neither dots nor special.
+    fn plain(&mut self, n: usize) {
+        if !self.in_params {
+            self.head_len += n;
+        }
+    }
+
     fn params_start(&mut self) {
         self.in_params = true;
     }
@@ -294,6 +309,18 @@ impl SegmentState {
         Ok(())
     }
 }
+
+/// Bytes that need no decision of their own: printable ASCII other than
+/// `%`, `/`, `\\`, `#`, `;` and `.`.
+static PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0x21;
+    while b < 0x7F {
+        table[b] = !matches!(b as u8, b'%' | b'/' | b'\\' | b'#' | b';' | b'.');
+        b += 1;
+    }
+    table
+};
 
 /// Whether the two characters at `at`, each raw or percent-encoded, are hex
 /// digits: what a `%25` before them would turn into an escape.
@@ -557,7 +584,8 @@ mod tests {
     fn segment_strategy() -> impl Strategy<Value = String> {
         let atoms = prop::sample::select(vec![
             ".", "..", "%2e", "%2E", "%2f", "%2F", "%5c", "%5C", "%25", "%00", ";", "%3B", "/",
-            "//", "a", "b", "Z", "~", "-", "%41", "%6a", "%7e", "%c3%a9", "2", "e", "%", "\\",
+            "//", "a", "b", "Z", "~", "-", "%41", "%6a", "%7e", "%c3%a9", "2", "e", "%32", "%65",
+            "%", "\\",
         ]);
         prop::collection::vec(atoms, 0..4).prop_map(|parts| parts.concat())
     }
@@ -589,5 +617,49 @@ mod tests {
                 prop_assert!(normalise(path.as_str(), allow_semicolon).is_ok(), "{raw:?}");
             }
         }
+
+        /// An upstream that percent-decodes twice (the double-encoding
+        /// attack) still sees the same segments, none of them a dot segment.
+        #[test]
+        fn accepted_paths_survive_double_decoding(
+            tokens in prop::collection::vec(
+                prop::sample::select(vec![
+                    "%25", "%32", "2", "%65", "%45", "e", "%46", "%35", "%43", ".", "a", "/",
+                ]),
+                1..10,
+            ),
+        ) {
+            let raw = format!("/{}", tokens.concat());
+            if normalise(&raw, false).is_ok() {
+                let twice = percent_decode(&percent_decode(&raw));
+                let raw_count = raw.split('/').count();
+                prop_assert_eq!(twice.split('/').count(), raw_count, "{:?} -> {:?}", raw, twice);
+                prop_assert!(!twice.contains('\\') && !twice.contains('\0'), "{raw:?}");
+                for segment in twice.split('/').skip(1) {
+                    prop_assert!(segment != "." && segment != "..", "{:?} -> {:?}", raw, twice);
+                }
+            }
+        }
+    }
+
+    /// A lenient decoder, as upstream frameworks have: valid escapes become
+    /// bytes, anything else stays as it is.
+    fn percent_decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match (bytes[i], hex_pair(bytes, i + 1)) {
+                (b'%', Some(v)) => {
+                    out.push(v);
+                    i += 3;
+                }
+                (b, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
 }

@@ -34,6 +34,8 @@
 //! longest pattern (not by the request's path). It visits each trie node at
 //! most once, so even backtracking stays linear in the table's size.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 
 use http::Method;
@@ -82,6 +84,37 @@ enum Seg {
     Rest,
 }
 
+/// Up to this many literal children are scanned; more are hashed.
+const SCAN_LIMIT: usize = 8;
+
+/// FNV-1a for the literal index. Not DoS-resistant, and it need not be: its
+/// keys come from the config, so a request can only probe (each lookup costs
+/// one bucket of config keys), never fill a bucket.
+#[derive(Debug, Clone, Copy, Default)]
+struct Fnv;
+
+impl BuildHasher for Fnv {
+    type Hasher = FnvHasher;
+
+    fn build_hasher(&self) -> FnvHasher {
+        FnvHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+struct FnvHasher(u64);
+
+impl Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 /// Routes of one shape: the method-specific ones (methods pairwise
 /// disjoint) and at most one method-agnostic one.
 #[derive(Debug, Default)]
@@ -114,8 +147,11 @@ impl Group {
 
 #[derive(Debug, Default)]
 struct Node {
-    /// Sorted by segment, for binary search.
+    /// Sorted by segment (a stable order for explain and tests).
     literals: Vec<(Box<str>, Node)>,
+    /// Position in `literals` by segment, once there are enough of them
+    /// that hashing beats a scan.
+    index: Option<HashMap<Box<str>, usize, Fnv>>,
     param: Option<Box<Node>>,
     /// Patterns that end at this node.
     exact: Group,
@@ -125,10 +161,22 @@ struct Node {
 
 impl Node {
     fn literal(&self, segment: &str) -> Option<&Node> {
-        self.literals
-            .binary_search_by(|(literal, _)| (**literal).cmp(segment))
-            .ok()
-            .map(|i| &self.literals[i].1)
+        match &self.index {
+            Some(index) => index.get(segment).map(|&i| &self.literals[i].1),
+            None => self.literals.iter().find(|(l, _)| **l == *segment).map(|(_, node)| node),
+        }
+    }
+
+    /// Rebuilds `index` after `literals` changed (compile time only).
+    fn reindex(&mut self) {
+        self.index = (self.literals.len() > SCAN_LIMIT)
+            .then(|| self.literals.iter().enumerate().map(|(i, (l, _))| (l.clone(), i)).collect());
+        for (_, child) in &mut self.literals {
+            child.reindex();
+        }
+        if let Some(child) = self.param.as_deref_mut() {
+            child.reindex();
+        }
     }
 
     fn group_mut(&mut self, shape: &[Seg]) -> &mut Group {
@@ -254,6 +302,7 @@ impl RouteTable {
             table.shapes.push(shape);
         }
         if errors.is_empty() {
+            table.root.reindex();
             Ok(table)
         } else {
             Err(ConfigErrors::sorted(errors))
@@ -649,6 +698,29 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn wide_literal_fanouts_are_indexed_and_match_alike() {
+        let mut yaml = String::from("routes:\n");
+        for i in 0..40 {
+            yaml.push_str(&format!("  - path: /v1/res{i}/{{id}}\n  - path: /v1/res{i}\n"));
+        }
+        yaml.push_str("  - path: /v1/{other}\n");
+        let t = table(&yaml);
+        assert!(t.root.literals[0].1.index.is_some());
+        for i in 0..40 {
+            assert_eq!(
+                route_for(&t, "GET", &format!("/v1/res{i}")),
+                format!("/v1/res{i}#{}", 2 * i + 1)
+            );
+            assert_eq!(
+                route_for(&t, "GET", &format!("/v1/res{i}/7")),
+                format!("/v1/res{i}/{{id}}#{}", 2 * i)
+            );
+        }
+        assert_eq!(route_for(&t, "GET", "/v1/res40"), "/v1/{other}#80");
+        assert_eq!(route_for(&t, "GET", "/v1/res40/7"), "404");
+    }
+
+    #[test]
     fn unmatched_requests_find_nothing() {
         let t = table("routes:\n  - path: /v1/jobs\n");
         assert_eq!(route_for(&t, "GET", "/v1/job"), "404");
@@ -832,9 +904,7 @@ routes:
     }
 
     fn hand_config(paths: &[&str]) -> Config {
-        let mut c = Config::default();
-        c.source = PathBuf::from("k.yaml");
-        c.routes = paths
+        let routes = paths
             .iter()
             .enumerate()
             .map(|(i, p)| RouteConfig {
@@ -847,7 +917,7 @@ routes:
                 location: Location { line: i + 1, column: 3 },
             })
             .collect();
-        c
+        Config { source: PathBuf::from("k.yaml"), routes, ..Config::default() }
     }
 
     #[test]
