@@ -32,6 +32,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod proxy;
+pub mod ratelimit;
 pub mod routes;
 pub mod runtime;
 pub mod server;

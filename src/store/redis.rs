@@ -39,7 +39,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, ErrorKind, RedisError, RedisResult, Script};
+use ::redis::{Client, ErrorKind, FromRedisValue, RedisError, RedisResult, Script};
 use arc_swap::ArcSwapOption;
 use rand::Rng;
 use tokio::sync::{watch, Notify};
@@ -323,6 +323,34 @@ impl RedisStore {
         }
     }
 
+    /// Runs a rate-limit script (`src/ratelimit/redis.rs`) over the key
+    /// store's connection, under the same rules as `get`: fail fast while
+    /// down, bounded by `store.redis.timeout`, EVALSHA with the NOSCRIPT
+    /// fallback of [`Script`]. Added for the limiter so it shares this
+    /// connection and its outage handling instead of keeping its own.
+    ///
+    /// `run` retries once when the connection broke under the call; for a
+    /// counting script a lost *reply* can then count one request twice,
+    /// which errs on the safe side and needs a connection drop to happen.
+    pub async fn eval_script<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[u64],
+    ) -> Result<T, StoreError> {
+        self.run(Op::RateLimit, |mut c| {
+            let mut call = script.prepare_invoke();
+            for key in keys {
+                call.key(key);
+            }
+            for arg in args {
+                call.arg(*arg);
+            }
+            async move { call.invoke_async(&mut c).await }
+        })
+        .await
+    }
+
     /// HGETALLs of many hashes, pipelined in batches.
     async fn fetch_records(
         &self,
@@ -463,6 +491,8 @@ enum Op {
     SetExpiresAt,
     TouchLastUsed,
     Ping,
+    /// [`RedisStore::eval_script`]: the rate limiter's one call per request.
+    RateLimit,
 }
 
 impl Op {
@@ -476,13 +506,15 @@ impl Op {
             Op::SetExpiresAt => "set_expires_at",
             Op::TouchLastUsed => "touch_last_used",
             Op::Ping => "ping",
+            Op::RateLimit => "rate_limit",
         }
     }
 
-    /// `get` serves requests; `ping` answers `/readyz`, which must fail
-    /// as fast as the request path would. The rest may take longer.
+    /// `get` and `rate_limit` serve requests; `ping` answers `/readyz`,
+    /// which must fail as fast as the request path would. The rest may take
+    /// longer.
     fn on_request_path(self) -> bool {
-        matches!(self, Op::Get | Op::Ping)
+        matches!(self, Op::Get | Op::Ping | Op::RateLimit)
     }
 }
 
