@@ -82,9 +82,28 @@ pub struct HeaderPolicy {
     trusted: Vec<ipnet::IpNet>,
 }
 
+/// The client connection's peer, with its address pre-rendered for
+/// `X-Forwarded-For` once per connection rather than once per request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: std::net::SocketAddr,
+    pub ip_value: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: std::net::SocketAddr) -> Peer {
+        let ip = canonical_ip(addr.ip());
+        let ip_value = HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer { addr, ip_value }
+    }
+}
+
 /// Per-request facts the forwarding headers need.
 pub struct Forwarding<'a> {
     pub peer: IpAddr,
+    /// `peer` as a header value.
+    pub peer_value: &'a HeaderValue,
     /// `http` or `https`: how the client reached keyward.
     pub proto: &'static str,
     /// The Host the client asked for (`Host` or the HTTP/2 `:authority`).
@@ -154,11 +173,10 @@ impl HeaderPolicy {
 
         // X-Forwarded-For: append the peer to whatever chain the client sent
         // (the rate limiter decides which entry to believe, SPEC §5).
-        let peer = fwd.peer.to_string();
-        let chain = {
+        let xff = {
             let mut it = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
             match it.next() {
-                None => None,
+                None => fwd.peer_value.clone(),
                 Some(first) => {
                     let mut s = String::from(first);
                     for v in it {
@@ -166,13 +184,11 @@ impl HeaderPolicy {
                         s.push_str(v);
                     }
                     s.push_str(", ");
-                    s.push_str(&peer);
-                    Some(s)
+                    s.push_str(fwd.peer_value.to_str().unwrap_or_default());
+                    HeaderValue::from_str(&s).unwrap_or_else(|_| fwd.peer_value.clone())
                 }
             }
         };
-        let xff = HeaderValue::from_str(chain.as_deref().unwrap_or(&peer))
-            .unwrap_or_else(|_| HeaderValue::from_static(""));
         headers.insert(X_FORWARDED_FOR, xff);
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
         if let Some(h) = host {
@@ -298,8 +314,14 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = format!("{:032x}", rand::random::<u128>());
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // 32 lowercase hex digits of 128 random bits, without `format!`.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u128>();
+    let mut id = [0u8; 32];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn valid_request_id(b: &[u8]) -> bool {
@@ -346,7 +368,14 @@ mod tests {
     }
 
     fn fwd(peer: &str) -> Forwarding<'static> {
-        Forwarding { peer: peer.parse().unwrap(), proto: "http", host: None, websocket: false }
+        let value: &'static HeaderValue = Box::leak(Box::new(HeaderValue::from_str(peer).unwrap()));
+        Forwarding {
+            peer: peer.parse().unwrap(),
+            peer_value: value,
+            proto: "http",
+            host: None,
+            websocket: false,
+        }
     }
 
     #[test]
