@@ -88,6 +88,12 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let keyring = Arc::new(Keyring::new(&config, store));
 
+    // Give the store a moment to connect, so the first requests after a
+    // start don't get 503 while Redis is in fact up. If it is down, keyward
+    // starts anyway (SPEC §9) and /readyz says so.
+    if keyring.store.wait_until_up(STARTUP_STORE_WAIT).await.is_err() {
+        warn!(store = keyring.store.kind_name(), "key store not reachable at start; serving, not ready");
+    }
     let proxy_listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| AppError::Bind { what: "listen", addr: config.listen, source })?;
@@ -236,6 +242,9 @@ fn changed(stamp: &mut Option<FileStamp>, path: Option<&std::path::Path>) -> boo
     *old = now;
     true
 }
+
+/// How long `serve` waits for the key store before it starts listening.
+const STARTUP_STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How often pending last-used times are written.
 const LAST_USED_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);

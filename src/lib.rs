@@ -11,8 +11,10 @@
 //! - [`runtime`]: the immutable per-config snapshot the request path reads.
 //! - [`proxy`]: THE request path (`proxy/mod.rs`), header rules, forwarding, problem+json.
 //! - [`server`]: accept loops, graceful drain, the admin listener.
-//! - [`auth`]: credential extraction, the key format and its checksum.
-//! - [`store`]: key records, the stores, the in-process key cache.
+//! - [`routes`]: path normal form, the compiled route table, scope grants, explain.
+//! - [`auth`]: credential extraction, the key format and its checksum, the keyring (cache + store).
+//! - [`store`]: key records, the Redis and memory stores, the cache, invalidation events, last-used.
+//! - [`demo`]: `keyward demo`.
 //! - [`telemetry`]: Prometheus collectors and logging.
 //! - [`app`]: wiring, signals, reload. [`cli`]: the command line.
 //! - [`clock`]: the only reader of the system clock.

@@ -21,7 +21,7 @@ fn load_config(path: &Path) -> Config {
 
 fn memory_config(dir: &Path) -> Config {
     let path = dir.join("keyward.yaml");
-    let yaml = support::config_yaml("http://127.0.0.1:9") + "  memory:\n    keys_file: keys.yaml\n";
+    let yaml = support::keyed_config_yaml("http://127.0.0.1:9");
     fs::write(&path, yaml).expect("write config");
     load_config(&path)
 }

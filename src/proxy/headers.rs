@@ -82,9 +82,28 @@ pub struct HeaderPolicy {
     trusted: Vec<ipnet::IpNet>,
 }
 
+/// The client connection's peer, with its address pre-rendered for
+/// `X-Forwarded-For` once per connection rather than once per request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: std::net::SocketAddr,
+    pub ip_value: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: std::net::SocketAddr) -> Peer {
+        let ip = canonical_ip(addr.ip());
+        let ip_value = HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer { addr, ip_value }
+    }
+}
+
 /// Per-request facts the forwarding headers need.
 pub struct Forwarding<'a> {
     pub peer: IpAddr,
+    /// `peer` as a header value.
+    pub peer_value: &'a HeaderValue,
     /// `http` or `https`: how the client reached keyward.
     pub proto: &'static str,
     /// The Host the client asked for (`Host` or the HTTP/2 `:authority`).
@@ -113,6 +132,29 @@ impl HeaderPolicy {
         self.trusted.iter().any(|net| net.contains(&ip))
     }
 
+    /// The client's address (SPEC §5): the peer, or, when the peer is one of
+    /// `trusted_proxies`, the rightmost `X-Forwarded-For` entry that is not
+    /// itself trusted. Entries left of that are the client's to invent
+    /// (spoofing), so they are never believed. An entry that does not parse
+    /// ends the walk at the trusted hop that reported it.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = canonical_ip(peer);
+        if self.trusted.is_empty() || !self.is_trusted(peer) {
+            return peer;
+        }
+        let mut nearest = peer;
+        let values: Vec<&str> =
+            headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+        for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+            let Some(ip) = parse_forwarded_ip(entry.trim()) else { return nearest };
+            if !self.is_trusted(ip) {
+                return ip;
+            }
+            nearest = ip;
+        }
+        nearest
+    }
+
     /// Rewrites the client's request headers into what the upstream may see,
     /// minus identity injection.
     pub fn prepare_request(&self, headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
@@ -131,11 +173,10 @@ impl HeaderPolicy {
 
         // X-Forwarded-For: append the peer to whatever chain the client sent
         // (the rate limiter decides which entry to believe, SPEC §5).
-        let peer = fwd.peer.to_string();
-        let chain = {
+        let xff = {
             let mut it = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
             match it.next() {
-                None => None,
+                None => fwd.peer_value.clone(),
                 Some(first) => {
                     let mut s = String::from(first);
                     for v in it {
@@ -143,13 +184,11 @@ impl HeaderPolicy {
                         s.push_str(v);
                     }
                     s.push_str(", ");
-                    s.push_str(&peer);
-                    Some(s)
+                    s.push_str(fwd.peer_value.to_str().unwrap_or_default());
+                    HeaderValue::from_str(&s).unwrap_or_else(|_| fwd.peer_value.clone())
                 }
             }
         };
-        let xff = HeaderValue::from_str(chain.as_deref().unwrap_or(&peer))
-            .unwrap_or_else(|_| HeaderValue::from_static(""));
         headers.insert(X_FORWARDED_FOR, xff);
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
         if let Some(h) = host {
@@ -231,6 +270,18 @@ fn canonical(name: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// An `X-Forwarded-For` entry: an IP, maybe with a port (`1.2.3.4:5678`,
+/// `[2001:db8::1]:443`).
+fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(canonical_ip(ip));
+    }
+    if let Ok(sa) = entry.parse::<std::net::SocketAddr>() {
+        return Some(canonical_ip(sa.ip()));
+    }
+    entry.strip_prefix('[')?.strip_suffix(']')?.parse().ok().map(canonical_ip)
+}
+
 /// IPv4-mapped IPv6 peers (dual-stack sockets) compare as IPv4.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
@@ -263,8 +314,14 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = format!("{:032x}", rand::random::<u128>());
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // 32 lowercase hex digits of 128 random bits, without `format!`.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u128>();
+    let mut id = [0u8; 32];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn valid_request_id(b: &[u8]) -> bool {
@@ -311,7 +368,14 @@ mod tests {
     }
 
     fn fwd(peer: &str) -> Forwarding<'static> {
-        Forwarding { peer: peer.parse().unwrap(), proto: "http", host: None, websocket: false }
+        let value: &'static HeaderValue = Box::leak(Box::new(HeaderValue::from_str(peer).unwrap()));
+        Forwarding {
+            peer: peer.parse().unwrap(),
+            peer_value: value,
+            proto: "http",
+            host: None,
+            websocket: false,
+        }
     }
 
     #[test]
@@ -439,6 +503,32 @@ mod tests {
         let p = policy("trusted_proxies: [10.0.0.0/8]");
         assert!(p.is_trusted("::ffff:10.1.2.3".parse().unwrap()));
         assert!(!p.is_trusted("::ffff:11.1.2.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn client_ip_believes_forwarded_for_only_through_trusted_proxies() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let p = policy("trusted_proxies: [10.0.0.0/8, 192.168.1.1]");
+        let xff = map(&[("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.0.0.2")]);
+        // From a trusted proxy: skip trusted hops from the right.
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &xff), ip("203.0.113.9"));
+        // From an untrusted peer: the chain is the client's invention.
+        assert_eq!(p.client_ip(ip("198.51.100.7"), &xff), ip("198.51.100.7"));
+        // Several header lines are one list; ports and brackets are fine.
+        let split = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "[2001:db8::1]:443, 192.168.1.1"),
+        ]);
+        assert_eq!(p.client_ip(ip("10.9.9.9"), &split), ip("2001:db8::1"));
+        // Garbage stops the walk at the hop that reported it.
+        let junk = map(&[("x-forwarded-for", "1.1.1.1, not-an-ip, 10.0.0.3")]);
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &junk), ip("10.0.0.3"));
+        // Nothing but trusted hops: the leftmost one.
+        let all = map(&[("x-forwarded-for", "10.0.0.5")]);
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &all), ip("10.0.0.5"));
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &HeaderMap::new()), ip("10.0.0.1"));
+        // No trusted proxies: always the peer.
+        assert_eq!(policy("").client_ip(ip("10.0.0.1"), &xff), ip("10.0.0.1"));
     }
 
     #[test]

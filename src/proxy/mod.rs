@@ -20,7 +20,6 @@ pub mod forward;
 pub mod headers;
 pub mod problem;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,6 +45,7 @@ use crate::store::{KeyHash, KeyRecord, KeyState};
 use crate::telemetry::{Metrics, Outcome};
 pub use deny::Deny;
 use forward::{RequestBody, UpstreamClient};
+pub use headers::Peer;
 use headers::{Forwarding, HeaderPolicy, X_REQUEST_ID};
 
 /// Responses are either the upstream's streamed body or one of ours.
@@ -106,7 +106,7 @@ impl Proxy {
 
     /// Handles one request from `peer` to the end: never fails, never panics
     /// on client input; every refusal is a problem+json response.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let started = clock::now();
         // One snapshot for the whole request (STYLE step 1).
         let rt = self.runtime.load_full();
@@ -148,7 +148,7 @@ impl Proxy {
             route = route_label,
             key_id = caller.record.as_deref().map(|r| r.id.as_str()),
             outcome = outcome.as_str(),
-            client_ip = %peer.ip(),
+            client_ip = %peer.addr.ip(),
             "request"
         );
         resp
@@ -162,7 +162,7 @@ impl Proxy {
         route: &str,
         deny: &Deny,
         caller: &Caller,
-        peer: SocketAddr,
+        peer: &Peer,
         observed: bool,
     ) {
         let record = caller.record.as_deref();
@@ -176,7 +176,7 @@ impl Proxy {
             display_prefix =
                 record.map(|r| r.display_prefix.as_str()).or(caller.display_prefix.as_deref()),
             owner = record.map(|r| r.owner.as_str()),
-            client_ip = %peer.ip(),
+            client_ip = %peer.addr.ip(),
             "auth.denied"
         );
     }
@@ -185,7 +185,7 @@ impl Proxy {
         &self,
         rt: &Runtime,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &Peer,
         request_id: &HeaderValue,
         caller: &mut Caller,
         started: Instant,
@@ -302,7 +302,7 @@ impl Proxy {
         &self,
         rt: &Runtime,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &Peer,
         request_id: &HeaderValue,
         identity: &Identity,
     ) -> Result<Response<ProxyBody>, Deny> {
@@ -316,7 +316,13 @@ impl Proxy {
         let host = headers::effective_host(&parts.headers, &parts.uri);
         rt.headers.prepare_request(
             &mut parts.headers,
-            &Forwarding { peer: peer.ip(), proto: self.proto, host: host.as_ref(), websocket },
+            &Forwarding {
+                peer: headers::canonical_ip(peer.addr.ip()),
+                peer_value: &peer.ip_value,
+                proto: self.proto,
+                host: host.as_ref(),
+                websocket,
+            },
         );
         if let Some(h) = host {
             // HTTP/2 clients send `:authority`, not Host; the upstream (HTTP/1.1)

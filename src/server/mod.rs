@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::proxy::Proxy;
+use crate::proxy::{Peer, Proxy};
 use crate::telemetry::Metrics;
 
 /// hyper's own default read-buffer ceiling (8 KiB + 100 × 4 KiB).
@@ -95,9 +95,10 @@ pub async fn run_proxy(
         let Some((stream, peer)) = accept(&listener, &mut shutdown, "proxy").await else { break };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
+        let client = Arc::new(Peer::new(peer));
         let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+            let (proxy, client) = (proxy.clone(), client.clone());
+            async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
         });
         let conn =
             builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();

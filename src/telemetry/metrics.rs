@@ -95,6 +95,9 @@ pub struct Metrics {
     pub store_up: IntGauge,
     /// From a revoke's publish to this replica's cache eviction (SPEC §11).
     pub revocation_lag: Histogram,
+    /// `plan`, `decision`: allowed, limited, local (degraded, Redis down),
+    /// error_open, error_closed.
+    pub rate_limit_decisions: IntCounterVec,
 }
 
 impl Metrics {
@@ -174,6 +177,14 @@ impl Metrics {
             .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0]),
         )
         .expect("static metric definition");
+        let rate_limit_decisions = IntCounterVec::new(
+            Opts::new(
+                "keyward_rate_limit_decisions_total",
+                "Rate-limit decisions by plan and decision (allowed, limited, local, error_open, error_closed).",
+            ),
+            &["plan", "decision"],
+        )
+        .expect("static metric definition");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -187,6 +198,7 @@ impl Metrics {
             Box::new(store_errors.clone()),
             Box::new(store_up.clone()),
             Box::new(revocation_lag.clone()),
+            Box::new(rate_limit_decisions.clone()),
         ] {
             registry.register(c).expect("each collector is registered once");
         }
@@ -203,6 +215,7 @@ impl Metrics {
             store_errors,
             store_up,
             revocation_lag,
+            rate_limit_decisions,
         }
     }
 
