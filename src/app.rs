@@ -92,7 +92,10 @@ pub async fn run(
     // start don't get 503 while Redis is in fact up. If it is down, keyward
     // starts anyway (SPEC §9) and /readyz says so.
     if keyring.store.wait_until_up(STARTUP_STORE_WAIT).await.is_err() {
-        warn!(store = keyring.store.kind_name(), "key store not reachable at start; serving, not ready");
+        warn!(
+            store = keyring.store.kind_name(),
+            "key store not reachable at start; serving, not ready"
+        );
     }
     let proxy_listener = TcpListener::bind(config.listen)
         .await

@@ -285,8 +285,7 @@ macro_rules! semantics {
 
             #[tokio::test]
             async fn per_owner_windows_count_every_key_of_the_owner_together() {
-                bodies::per_owner_windows_count_every_key_of_the_owner_together($rig().await)
-                    .await;
+                bodies::per_owner_windows_count_every_key_of_the_owner_together($rig().await).await;
             }
 
             #[tokio::test]
