@@ -15,6 +15,7 @@ use crate::auth::keyring::Keyring;
 use crate::clock;
 use crate::config::{Config, ConfigErrors, Overrides, StoreKind};
 use crate::proxy::{forward, Proxy};
+use crate::ratelimit::Limiter;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::server::admin::{self, AdminState};
 use crate::server::{self, ListenerSettings};
@@ -84,7 +85,9 @@ pub async fn run(
     on_listening: Option<OnListening>,
 ) -> Result<(), AppError> {
     let config = Arc::new(config);
-    let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone())?));
+    let limiter = Limiter::new(&config, &store);
+    let runtime =
+        Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone())?.with_limiter(&limiter)));
     let metrics = Arc::new(Metrics::new());
     let keyring = Arc::new(Keyring::new(&config, store));
 
@@ -187,7 +190,7 @@ pub async fn run(
         };
         if config_changed {
             if let Some(source) = &source {
-                reload(source, &runtime, &metrics);
+                reload(source, &runtime, &limiter, &metrics);
             }
         }
         if keys_changed {
@@ -344,11 +347,10 @@ fn reload_keys_file(store: &crate::store::MemoryStore, keyring: &Keyring) {
 /// Builds a whole new snapshot and swaps it in; an invalid config is refused
 /// and the old one keeps serving (SPEC §9). The listener addresses and the
 /// listener's own limits (header read timeout, buffer sizes) need a restart.
-fn reload(source: &ConfigSource, runtime: &ArcSwap<Runtime>, metrics: &Metrics) {
-    let result = source
-        .load()
-        .map_err(|e| e.to_string())
-        .and_then(|c| Runtime::new(Arc::new(c)).map_err(|e| e.to_string()));
+fn reload(source: &ConfigSource, runtime: &ArcSwap<Runtime>, limiter: &Limiter, metrics: &Metrics) {
+    let result = source.load().map_err(|e| e.to_string()).and_then(|c| {
+        Runtime::new(Arc::new(c)).map(|rt| rt.with_limiter(limiter)).map_err(|e| e.to_string())
+    });
     match result {
         Ok(rt) => {
             runtime.store(Arc::new(rt));

@@ -10,6 +10,7 @@ use http::uri::{Authority, Scheme};
 use crate::auth::key::KeyFormat;
 use crate::config::{Config, ConfigErrors};
 use crate::proxy::headers::HeaderPolicy;
+use crate::ratelimit::{Limiter, PlanSpec};
 use crate::routes::{RouteTable, ScopeGrants};
 
 /// The request path's view of one config.
@@ -19,6 +20,10 @@ pub struct Runtime {
     pub key_format: KeyFormat,
     pub routes: RouteTable,
     pub grants: ScopeGrants,
+    /// Every plan, with its pre-rendered `RateLimit-Policy`.
+    pub plans: std::collections::HashMap<String, Arc<PlanSpec>>,
+    /// Set by `serve` (it needs the store); `None` for `check-config`.
+    pub limiter: Option<Limiter>,
     pub upstream_scheme: Scheme,
     pub upstream_authority: Authority,
     pub request_timeout: Duration,
@@ -73,6 +78,8 @@ impl Runtime {
             key_format: KeyFormat::new(&config.keys),
             routes: RouteTable::compile(&config)?,
             grants: ScopeGrants::new(&config.scopes),
+            plans: crate::ratelimit::plans(&config),
+            limiter: None,
             upstream_scheme,
             upstream_authority,
             request_timeout: config.upstream.request_timeout,
@@ -85,6 +92,13 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// This snapshot with its rate limiter: `limiter` reconfigured for this
+    /// config's `failure_mode` and `replicas_hint` (counters are shared).
+    pub fn with_limiter(mut self, limiter: &Limiter) -> Runtime {
+        self.limiter = Some(limiter.reconfigured(&self.config));
+        self
+    }
+
     /// Whether `host` (a Host header value, maybe with a port) is allowed
     /// by `allowed_hosts` (SPEC §10); without the setting every host is.
     pub fn host_allowed(&self, host: Option<&http::HeaderValue>) -> bool {

@@ -231,7 +231,8 @@ async fn malformed_keys_cost_no_redis_command_and_unknown_keys_one_then_none() {
 #[tokio::test]
 async fn warm_cache_serves_a_valid_key_with_zero_lookups() {
     let (up, redis) = (EchoUpstream::start(), RedisServer::start());
-    let cfg = redis_cfg(&up, &redis, "");
+    let roomy = "plans: {free: {limits: [{window: 1s, max: 1000}]}, anonymous: {limits: [{window: 1s, max: 1000}]}}\n";
+    let cfg = redis_cfg(&up, &redis, roomy);
     let (_, key) = create(&cfg, &[]);
     let kw = Keyward::start(&cfg.yaml);
     assert_eq!(get_with(&kw, &key).await.status, 200);

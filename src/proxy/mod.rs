@@ -38,7 +38,8 @@ use crate::auth::extract::{self, ExtractError, X_API_KEY};
 use crate::auth::key::display_prefix;
 use crate::auth::keyring::{Found, Keyring};
 use crate::clock;
-use crate::config::{AuthMode, Mode};
+use crate::config::{AuthMode, LimitBy, Mode, RouteRateLimit};
+use crate::ratelimit::{Decision, DecisionSource, LimitError, PlanSpec};
 use crate::routes::{self, Route};
 use crate::runtime::Runtime;
 use crate::store::{KeyHash, KeyRecord, KeyState};
@@ -73,6 +74,9 @@ struct Caller {
     /// Observe mode: the denial that was not enforced.
     observed: Option<Deny>,
     record: Option<Arc<KeyRecord>>,
+    /// The rate-limit decision, rendered into headers on the response
+    /// whatever its status (SPEC §5).
+    limit: Option<(Decision, Arc<PlanSpec>)>,
     /// First 12 characters of a well-formed but unknown key.
     display_prefix: Option<String>,
 }
@@ -133,6 +137,9 @@ impl Proxy {
             }
         };
         resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+        if let Some((decision, plan)) = &caller.limit {
+            decision.write_headers(plan, resp.headers_mut());
+        }
 
         // Phase 10, finish: one metric and one access-log event per request.
         let elapsed = started.elapsed();
@@ -228,8 +235,78 @@ impl Proxy {
             Err(deny) => return Err(deny),
         };
 
+        // 7. limit: one decision, at most one Redis round trip.
+        if let Some(route) = route {
+            self.limit(rt, &req, route, &identity, peer, caller).await?;
+        }
+
         // 8. forward.
         self.forward(rt, req, peer, request_id, &identity).await
+    }
+
+    /// Phase 7 (SPEC §5): the plan and subject for this request, one
+    /// limiter decision, 429 when it says no.
+    async fn limit(
+        &self,
+        rt: &Runtime,
+        req: &Request<Incoming>,
+        route: &Route,
+        identity: &Identity,
+        peer: &Peer,
+        caller: &mut Caller,
+    ) -> Result<(), Deny> {
+        let Some(limiter) = &rt.limiter else { return Ok(()) };
+        let rl = &rt.config.rate_limit;
+        let client_ip = || rt.headers.client_ip(peer.addr.ip(), req.headers()).to_string();
+        let (plan_name, subject, owner): (&str, std::borrow::Cow<'_, str>, Option<&str>) =
+            match (identity, &route.rate_limit) {
+                // Observe mode's would-be denials are not counted.
+                (Identity::ObserveDenied, _) => return Ok(()),
+                (_, Some(RouteRateLimit { by: LimitBy::Ip, plan })) => (plan, client_ip().into(), None),
+                (Identity::Key { record, .. }, Some(RouteRateLimit { by: LimitBy::Key, plan })) => {
+                    (plan, record.id.as_str().into(), Some(record.owner.as_str()))
+                }
+                (Identity::Key { record, .. }, None) => (
+                    record.plan.as_deref().unwrap_or(&rl.default_plan),
+                    record.id.as_str().into(),
+                    Some(record.owner.as_str()),
+                ),
+                (Identity::Anonymous, Some(RouteRateLimit { plan, .. })) => {
+                    (plan, client_ip().into(), None)
+                }
+                (Identity::Anonymous, None) => (&rl.anonymous_plan, client_ip().into(), None),
+            };
+        // A key record may name a plan this config lacks: the default
+        // plan limits it rather than nothing.
+        let Some(plan) = rt.plans.get(plan_name).or_else(|| rt.plans.get(&rl.default_plan)) else {
+            return Ok(());
+        };
+        match limiter.check(plan, &subject, owner, clock::now()).await {
+            Ok(decision) => {
+                let label = if !decision.allowed {
+                    "limited"
+                } else {
+                    match decision.source {
+                        DecisionSource::Local => "local",
+                        DecisionSource::FailOpen => "error_open",
+                        _ => "allowed",
+                    }
+                };
+                self.metrics.rate_limit_decisions.with_label_values(&[&plan.name, label]).inc();
+                let retry_after = decision.retry_after;
+                let allowed = decision.allowed;
+                caller.limit = Some((decision, plan.clone()));
+                if allowed {
+                    Ok(())
+                } else {
+                    Err(Deny::RateLimited { retry_after })
+                }
+            }
+            Err(LimitError::Unavailable) => {
+                self.metrics.rate_limit_decisions.with_label_values(&[&plan.name, "error_closed"]).inc();
+                Err(Deny::AuthUnavailable)
+            }
+        }
     }
 
     /// Phases 2–7 for a routed request: the identity to forward, or why not.
