@@ -262,7 +262,9 @@ impl Proxy {
             match (identity, &route.rate_limit) {
                 // Observe mode's would-be denials are not counted.
                 (Identity::ObserveDenied, _) => return Ok(()),
-                (_, Some(RouteRateLimit { by: LimitBy::Ip, plan })) => (plan, client_ip().into(), None),
+                (_, Some(RouteRateLimit { by: LimitBy::Ip, plan })) => {
+                    (plan, client_ip().into(), None)
+                }
                 (Identity::Key { record, .. }, Some(RouteRateLimit { by: LimitBy::Key, plan })) => {
                     (plan, record.id.as_str().into(), Some(record.owner.as_str()))
                 }
@@ -303,7 +305,10 @@ impl Proxy {
                 }
             }
             Err(LimitError::Unavailable) => {
-                self.metrics.rate_limit_decisions.with_label_values(&[&plan.name, "error_closed"]).inc();
+                self.metrics
+                    .rate_limit_decisions
+                    .with_label_values(&[&plan.name, "error_closed"])
+                    .inc();
                 Err(Deny::AuthUnavailable)
             }
         }
