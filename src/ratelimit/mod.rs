@@ -552,6 +552,17 @@ mod tests {
     }
 
     #[test]
+    fn a_check_can_run_on_any_worker_thread() {
+        fn send_and_sync<T: Send + Sync>(_: &T) {}
+        fn send<T: Send>(_: &T) {}
+        let store = Store::Memory(crate::store::MemoryStore::load(None).expect("empty store"));
+        let limiter = Limiter::new(&Config::default(), &store);
+        send_and_sync(&limiter);
+        let p = plan("free", &[(60, 100)]);
+        send(&limiter.check(&p, "s", None, crate::clock::now()));
+    }
+
+    #[test]
     fn decimal_rendering_covers_zero_and_u64_max() {
         let mut out = Vec::new();
         push_decimal(&mut out, 0);
