@@ -236,6 +236,19 @@ impl Decision {
         Decision { allowed: true, windows, retry_after: 0, source: DecisionSource::FailOpen }
     }
 
+    /// The `decision` label of `keyward_rate_limit_decisions_total`:
+    /// `local` and `error_open` name degraded decisions (SPEC §11), the
+    /// rest say `allowed` or `limited`; `error_closed` is
+    /// [`LimitError::metric_label`].
+    pub fn metric_label(&self) -> &'static str {
+        match (self.source, self.allowed) {
+            (DecisionSource::Local, _) => "local",
+            (DecisionSource::FailOpen, _) => "error_open",
+            (_, true) => "allowed",
+            (_, false) => "limited",
+        }
+    }
+
     /// The window with the least remaining (ties: the shortest window).
     pub fn tightest(&self) -> &WindowState {
         self.windows.iter().min_by_key(|w| (w.remaining, w.seconds)).unwrap_or(&NO_WINDOW)
@@ -292,6 +305,15 @@ pub enum LimitError {
     /// `auth_unavailable` with `Retry-After: 1`.
     #[error("rate-limit counters unreachable (rate_limit.failure_mode: closed)")]
     Unavailable,
+}
+
+impl LimitError {
+    /// The `decision` label of `keyward_rate_limit_decisions_total`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            LimitError::Unavailable => "error_closed",
+        }
+    }
 }
 
 /// Makes decisions: shared counters in Redis (with the `failure_mode`
@@ -542,6 +564,19 @@ mod tests {
         assert_eq!(d.windows[1].remaining, 100);
         let d = Decision::from_counts(&p, &counts[1..], true, 1, DecisionSource::Redis);
         assert_eq!(d.retry_after, 0);
+    }
+
+    #[test]
+    fn metric_labels_match_the_decisions_collector() {
+        let mut d = decision(&[state(1, 1, 0, 1)]);
+        assert_eq!(d.metric_label(), "allowed");
+        d.allowed = false;
+        assert_eq!(d.metric_label(), "limited");
+        d.source = DecisionSource::Local;
+        assert_eq!(d.metric_label(), "local");
+        d.source = DecisionSource::FailOpen;
+        assert_eq!(d.metric_label(), "error_open");
+        assert_eq!(LimitError::Unavailable.metric_label(), "error_closed");
     }
 
     #[test]
