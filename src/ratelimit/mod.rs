@@ -236,6 +236,19 @@ impl Decision {
         Decision { allowed: true, windows, retry_after: 0, source: DecisionSource::FailOpen }
     }
 
+    /// The `decision` label of `keyward_rate_limit_decisions_total`:
+    /// `local` and `error_open` name degraded decisions (SPEC §11), the
+    /// rest say `allowed` or `limited`; `error_closed` is
+    /// [`LimitError::metric_label`].
+    pub fn metric_label(&self) -> &'static str {
+        match (self.source, self.allowed) {
+            (DecisionSource::Local, _) => "local",
+            (DecisionSource::FailOpen, _) => "error_open",
+            (_, true) => "allowed",
+            (_, false) => "limited",
+        }
+    }
+
     /// The window with the least remaining (ties: the shortest window).
     pub fn tightest(&self) -> &WindowState {
         self.windows.iter().min_by_key(|w| (w.remaining, w.seconds)).unwrap_or(&NO_WINDOW)
@@ -292,6 +305,15 @@ pub enum LimitError {
     /// `auth_unavailable` with `Retry-After: 1`.
     #[error("rate-limit counters unreachable (rate_limit.failure_mode: closed)")]
     Unavailable,
+}
+
+impl LimitError {
+    /// The `decision` label of `keyward_rate_limit_decisions_total`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            LimitError::Unavailable => "error_closed",
+        }
+    }
 }
 
 /// Makes decisions: shared counters in Redis (with the `failure_mode`
@@ -545,10 +567,34 @@ mod tests {
     }
 
     #[test]
+    fn metric_labels_match_the_decisions_collector() {
+        let mut d = decision(&[state(1, 1, 0, 1)]);
+        assert_eq!(d.metric_label(), "allowed");
+        d.allowed = false;
+        assert_eq!(d.metric_label(), "limited");
+        d.source = DecisionSource::Local;
+        assert_eq!(d.metric_label(), "local");
+        d.source = DecisionSource::FailOpen;
+        assert_eq!(d.metric_label(), "error_open");
+        assert_eq!(LimitError::Unavailable.metric_label(), "error_closed");
+    }
+
+    #[test]
     fn local_limits_divide_max_by_replicas_but_never_below_one() {
         let p = plan("free", &[(60, 100), (1, 2)]);
         assert_eq!(p.window(0, 3).max, 33);
         assert_eq!(p.window(1, 3).max, 1);
+    }
+
+    #[test]
+    fn a_check_can_run_on_any_worker_thread() {
+        fn send_and_sync<T: Send + Sync>(_: &T) {}
+        fn send<T: Send>(_: &T) {}
+        let store = Store::Memory(crate::store::MemoryStore::load(None).expect("empty store"));
+        let limiter = Limiter::new(&Config::default(), &store);
+        send_and_sync(&limiter);
+        let p = plan("free", &[(60, 100)]);
+        send(&limiter.check(&p, "s", None, crate::clock::now()));
     }
 
     #[test]
