@@ -39,7 +39,7 @@ use crate::auth::key::display_prefix;
 use crate::auth::keyring::{Found, Keyring};
 use crate::clock;
 use crate::config::{AuthMode, LimitBy, Mode, RouteRateLimit};
-use crate::ratelimit::{Decision, DecisionSource, LimitError, PlanSpec};
+use crate::ratelimit::{Decision, LimitError, PlanSpec};
 use crate::routes::{self, Route};
 use crate::runtime::Runtime;
 use crate::store::{KeyHash, KeyRecord, KeyState};
@@ -285,15 +285,7 @@ impl Proxy {
         };
         match limiter.check(plan, &subject, owner, clock::now()).await {
             Ok(decision) => {
-                let label = if !decision.allowed {
-                    "limited"
-                } else {
-                    match decision.source {
-                        DecisionSource::Local => "local",
-                        DecisionSource::FailOpen => "error_open",
-                        _ => "allowed",
-                    }
-                };
+                let label = decision.metric_label();
                 self.metrics.rate_limit_decisions.with_label_values(&[&plan.name, label]).inc();
                 let retry_after = decision.retry_after;
                 let allowed = decision.allowed;
