@@ -163,11 +163,18 @@ return redis.call('HGETALL', KEYS[1])
 /// come back as a hash holding nothing but a time) and only forwards (two
 /// replicas flushing out of order must not move it back).
 /// KEYS: `{p}key:{hex}`. ARGV: Unix seconds.
+/// Sets `last_used_at` for each `KEYS[i]` to `ARGV[i]`, only on records that
+/// exist (never re-creating a deleted key) and never moving time backwards.
+/// One call per flush chunk rather than one per key: the writes are off the
+/// request path, but every call still costs Redis a command. (Multi-key, so
+/// on a future Redis Cluster the chunk must be split by slot.)
 const TOUCH_LUA: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local current = tonumber(redis.call('HGET', KEYS[1], 'last_used_at'))
-  if current == nil or current < tonumber(ARGV[1]) then
-    redis.call('HSET', KEYS[1], 'last_used_at', ARGV[1])
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    local current = tonumber(redis.call('HGET', key, 'last_used_at'))
+    if current == nil or current < tonumber(ARGV[i]) then
+      redis.call('HSET', key, 'last_used_at', ARGV[i])
+    end
   end
 end
 return 0
@@ -676,16 +683,19 @@ impl KeyStore for RedisStore {
 
     async fn touch_last_used(&self, batch: &[(KeyHash, u64)]) -> Result<(), StoreError> {
         for chunk in batch.chunks(BATCH) {
-            let mut pipe = ::redis::pipe();
-            for (hash, at) in chunk {
-                // EVAL rather than EVALSHA: a pipeline can't recover from
-                // NOSCRIPT after a Redis restart, and Redis caches the
-                // compiled script by its text's digest anyway.
-                pipe.cmd("EVAL").arg(TOUCH_LUA).arg(1).arg(self.key_of(hash)).arg(*at).ignore();
+            // EVAL rather than EVALSHA: nothing to recover after a restart's
+            // NOSCRIPT, and Redis caches the compiled script by its digest.
+            let mut cmd = ::redis::cmd("EVAL");
+            cmd.arg(TOUCH_LUA).arg(chunk.len());
+            for (hash, _) in chunk {
+                cmd.arg(self.key_of(hash));
+            }
+            for (_, at) in chunk {
+                cmd.arg(*at);
             }
             self.run(Op::TouchLastUsed, |mut c| {
-                let pipe = &pipe;
-                async move { pipe.query_async::<()>(&mut c).await }
+                let cmd = &cmd;
+                async move { cmd.query_async::<()>(&mut c).await }
             })
             .await?;
         }
