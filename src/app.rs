@@ -84,6 +84,13 @@ pub async fn run(
     source: Option<ConfigSource>,
     on_listening: Option<OnListening>,
 ) -> Result<(), AppError> {
+    // SIGTERM: Kubernetes (and docker stop) start a graceful shutdown.
+    // SIGINT: Ctrl-C in a terminal, same thing.
+    // SIGHUP: the operator (or a config-reloader sidecar) asks for a reload.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(AppError::Signals)?;
+
     let config = Arc::new(config);
     let limiter = Limiter::new(&config, &store);
     let runtime =
@@ -108,13 +115,6 @@ pub async fn run(
     })?;
     let proxy_addr = proxy_listener.local_addr().unwrap_or(config.listen);
     let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
-
-    // SIGTERM: Kubernetes (and docker stop) start a graceful shutdown.
-    // SIGINT: Ctrl-C in a terminal, same thing.
-    // SIGHUP: the operator (or a config-reloader sidecar) asks for a reload.
-    let mut sigterm = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(AppError::Signals)?;
 
     let client = forward::client(&config.upstream);
     let proxy =
