@@ -440,10 +440,14 @@ mod tests {
 
     impl rand::RngCore for Replay {
         fn next_u32(&mut self) -> u32 {
-            unimplemented!()
+            let mut b = [0u8; 4];
+            self.fill_bytes(&mut b);
+            u32::from_le_bytes(b)
         }
         fn next_u64(&mut self) -> u64 {
-            unimplemented!()
+            let mut b = [0u8; 8];
+            self.fill_bytes(&mut b);
+            u64::from_le_bytes(b)
         }
         fn fill_bytes(&mut self, dst: &mut [u8]) {
             for b in dst {
