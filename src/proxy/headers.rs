@@ -3,8 +3,8 @@
 //!
 //! Order on the way in (SPEC §6): strip identity names and `X-Keyward-*`,
 //! then hop-by-hop headers (RFC 9110 §7.6.1 plus every header named in
-//! `Connection`), then set the forwarding headers. Identity injection (the
-//! keys issue) comes last, so naming an identity header in `Connection` can
+//! `Connection`), then set the forwarding headers. Identity injection
+//! (`proxy::inject_identity`) comes last, so naming an identity header in `Connection` can
 //! never remove it.
 //!
 //! Attack classes guarded here:

@@ -10,10 +10,10 @@
 //!         ──► 6 authorise ─► 7 limit ─► 8 forward ─────────────► upstream
 //!               (403)          (429)     (502/504, streams both ways)
 //! ```
-//! Phases 2 (route), 6 (authorise) and 7 (limit) arrive with the routes and
-//! rate-limit issues; until then every request needs a valid key (as on an
-//! `auth: required` route without scopes) and is counted under the route
-//! label `unmatched`.
+//! Phases 3–6 live in `decide` (who is calling, may they), phase 7 in
+//! `limit`. In observe mode a denial from `decide` is recorded and the
+//! request forwarded with `X-Keyward-Auth: observe-denied`; phase 1's
+//! refusals (protocol abuse) are never observed-through.
 
 pub mod deny;
 pub mod forward;
@@ -239,6 +239,7 @@ impl Proxy {
         if let Some(route) = route {
             self.limit(rt, &req, route, &identity, peer, caller).await?;
         }
+        self.metrics.auth_duration.observe(started.elapsed().as_secs_f64());
 
         // 8. forward.
         self.forward(rt, req, peer, request_id, &identity).await
@@ -362,9 +363,8 @@ impl Proxy {
             .check(&record.scopes, route)
             .map_err(|required| Deny::InsufficientScope { required })?;
 
-        // 7. limit: the rate-limit issue.
+        // (7. limit runs in `phases`, for anonymous callers too.)
         self.keyring.last_used.touch(hash, now_s);
-        self.metrics.auth_duration.observe(started.elapsed().as_secs_f64());
         Ok(Identity::Key {
             record,
             in_authorization: presented.in_authorization,
