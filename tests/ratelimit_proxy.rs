@@ -19,7 +19,7 @@ fn keyward(up: &EchoUpstream, redis: &RedisServer, extra: &str) -> Keyward {
     provision(redis, "free");
     Keyward::start(&format!(
         "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nupstream: {{url: \"{}\"}}\n\
-         store: {{kind: redis, redis: {{url: \"{}\"}}}}\n{extra}",
+         store: {{kind: redis, redis: {{url: \"{}\", timeout: 2s}}}}\n{extra}",
         up.url(),
         redis.url()
     ))
@@ -213,7 +213,10 @@ async fn redis_outage_follows_the_failure_mode() {
 #[test]
 fn three_replicas_sharing_redis_admit_exactly_the_limit() {
     let (up, redis) = (EchoUpstream::start(), RedisServer::start());
-    let plans = "plans: {free: {limits: [{window: 1m, max: 20}]}, anonymous: {limits: [{window: 1m, max: 20}]}}\nroutes: [{path: /**}]\n";
+    // A generous Redis timeout and no fallback: this test is about the shared
+    // count, and a loaded CI box must not turn it into a timeout test.
+    let plans = "plans: {free: {limits: [{window: 1m, max: 20}]}, anonymous: {limits: [{window: 1m, max: 20}]}}\n\
+                 routes: [{path: /**}]\nrate_limit: {failure_mode: closed}\n";
     let replicas: Vec<Keyward> = (0..3).map(|_| keyward(&up, &redis, plans)).collect();
     let urls: Vec<String> = replicas.iter().map(|k| k.url("/a")).collect();
     // Warm each replica's key cache first? No: the limit must hold from cold too.
