@@ -48,11 +48,17 @@ fn runtime_of(
     })
 }
 
+/// The async runtime. On one CPU (a sidecar limited to one core, or pinned
+/// with taskset) a single-threaded scheduler does the same work without the
+/// multi-threaded one's cross-thread wake-ups.
 fn tokio_runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| (1, format!("cannot start the async runtime: {e}")))
+    let one_cpu = std::thread::available_parallelism().map(|n| n.get() == 1).unwrap_or(false);
+    let mut builder = if one_cpu {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build().map_err(|e| (1, format!("cannot start the async runtime: {e}")))
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
