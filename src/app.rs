@@ -157,6 +157,7 @@ pub async fn run(
         store = keyring.store.kind_name(),
         config = %source.as_ref().map(|s| s.path.display().to_string()).unwrap_or_default(),
         version = env!("CARGO_PKG_VERSION"),
+        runtime = ?tokio::runtime::Handle::current().runtime_flavor(),
         "listening"
     );
     let pending = runtime.load().not_enforced_yet();

@@ -518,3 +518,29 @@ fn settings_this_build_cannot_honour_are_refused_not_ignored() {
         );
     }
 }
+
+/// A process limited to one CPU (taskset here; a one-core container limit
+/// alike) runs on tokio's single-threaded scheduler: everything still works.
+#[test]
+fn a_one_cpu_process_serves_reloads_and_drains() {
+    let up = EchoUpstream::start();
+    let mut kw = Keyward::builder()
+        .program("taskset", &["-c", "0", support::keyward::BIN])
+        .config(&support::keyed_config_yaml(&up.url()))
+        .file("keys.yaml", support::test_keys_file())
+        .start();
+    assert_eq!(
+        support::keyward::field(kw.listening_event(), "runtime").and_then(|v| v.as_str()),
+        Some("CurrentThread")
+    );
+    assert_eq!(h::get_blocking(&kw.url("/x"), &[AUTH]).status, 200);
+    kw.write_config(&format!(
+        "{}  - {{path: /open, auth: none}}\n",
+        support::keyed_config_yaml(&up.url()).replace("  - path: /**\n", "  - path: /x\n")
+    ));
+    assert!(support::wait_until(Duration::from_secs(5), || {
+        h::get_blocking(&kw.url("/open"), &[]).status == 200
+    }));
+    assert!(kw.signal("TERM"));
+    assert_eq!(kw.wait_exit(Duration::from_secs(10)).and_then(|s| s.code()), Some(0));
+}
