@@ -578,3 +578,46 @@ fn key_lifecycle_events_are_logged_without_the_key() {
         );
     }
 }
+
+#[test]
+fn a_websocket_tunnel_is_closed_when_its_key_is_revoked() {
+    use std::io::{Read, Write};
+    let (up, redis) = (EchoUpstream::start(), RedisServer::start());
+    let cfg = redis_cfg(&up, &redis, "keys: {cache: {ttl: 5m}}\n");
+    let (id, key) = create(&cfg, &[]);
+    let kw = Keyward::start(&cfg.yaml);
+    let mut s = h::connect(kw.addr(), Duration::from_secs(5));
+    s.write_all(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .expect("write upgrade");
+    let head = String::from_utf8_lossy(&h::read_head(&mut s, Duration::from_secs(5))).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).expect("echo before the revoke");
+    assert!(support::wait_until(Duration::from_secs(5), || {
+        redis
+            .cmd(&["PUBSUB", "NUMSUB", "keyward:events"])
+            .ok()
+            .and_then(|v| v.as_array().and_then(|a| a.get(1).and_then(|n| n.as_int())))
+            == Some(1)
+    }));
+
+    let revoked = Instant::now();
+    assert_eq!(cli(&cfg, &["revoke", &id]).status.code(), Some(0));
+    let mut rest = Vec::new();
+    let n = s.read_to_end(&mut rest).unwrap_or(0);
+    assert_eq!(n, 0, "no more data after the revoke");
+    assert!(
+        revoked.elapsed() < Duration::from_secs(2),
+        "tunnel open {:?} after the revoke",
+        revoked.elapsed()
+    );
+    assert!(!kw.logs().is_empty());
+}

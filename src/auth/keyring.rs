@@ -32,6 +32,12 @@ pub struct Keyring {
     pub cache: KeyCache,
     generation: AtomicU64,
     pub last_used: LastUsed,
+    /// Every eviction, for long-lived WebSocket tunnels to re-check their
+    /// key (SPEC §10); `None` = "re-check everything" (after a reconnect).
+    changes: tokio::sync::broadcast::Sender<Option<KeyHash>>,
+    /// How often a tunnel re-checks its key when no event arrives (the
+    /// revocation bound when pub/sub is down): the cache `ttl`.
+    pub recheck_every: std::time::Duration,
 }
 
 impl Keyring {
@@ -41,18 +47,57 @@ impl Keyring {
             cache: KeyCache::from_config(&config.keys, &config.store),
             generation: AtomicU64::new(0),
             last_used: LastUsed::new(),
+            changes: tokio::sync::broadcast::channel(1024).0,
+            recheck_every: config.keys.cache.ttl,
+        }
+    }
+
+    /// Key changes as they are evicted (see `changes`).
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Option<KeyHash>> {
+        self.changes.subscribe()
+    }
+
+    /// Resolves once the key `hash` is no longer active (revoked, expired
+    /// or gone): on its `invalidate` event, after a resubscribe, or at the
+    /// latest every `recheck_every`. While the store is unreachable the key
+    /// is assumed unchanged (an open tunnel is not cut by an outage).
+    pub async fn until_inactive(&self, hash: KeyHash) {
+        let mut changes = self.changes();
+        let mut tick =
+            tokio::time::interval(self.recheck_every.max(std::time::Duration::from_secs(1)));
+        tick.tick().await; // the first tick is immediate
+        loop {
+            tokio::select! {
+                change = changes.recv() => match change {
+                    Ok(Some(h)) if h != hash => continue,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        changes = self.changes();
+                        continue;
+                    }
+                },
+                _ = tick.tick() => {}
+            }
+            match self.store.get(&hash).await {
+                Ok(Some(r))
+                    if r.state(crate::clock::unix_seconds()) == crate::store::KeyState::Active => {}
+                Ok(_) => return,
+                Err(_) => {}
+            }
         }
     }
 
     /// Drops one key's cache entry (an `invalidate` event).
     pub fn invalidate(&self, hash: &KeyHash) -> bool {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        let _ = self.changes.send(Some(*hash));
         self.cache.invalidate(hash)
     }
 
     /// Drops every cache entry (events may have been missed).
     pub fn clear(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        let _ = self.changes.send(None);
         self.cache.clear();
     }
 

@@ -86,6 +86,8 @@ enum Identity {
     /// A valid key.
     Key {
         record: Arc<KeyRecord>,
+        /// For a WebSocket tunnel to watch the key's revocation.
+        hash: KeyHash,
         /// Which headers carried the key, to strip unless
         /// `forward_authorization`.
         in_authorization: bool,
@@ -367,6 +369,7 @@ impl Proxy {
         self.keyring.last_used.touch(hash, now_s);
         Ok(Identity::Key {
             record,
+            hash,
             in_authorization: presented.in_authorization,
             in_x_api_key: presented.in_x_api_key,
         })
@@ -440,14 +443,28 @@ impl Proxy {
                 return Err(Deny::UpstreamUnavailable);
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            // A tunnel outlives the request: it is closed when its key is
+            // revoked or expires (SPEC §10), within the revocation bound.
+            let watch = match identity {
+                Identity::Key { hash, .. } => Some((*hash, self.keyring.clone())),
+                _ => None,
+            };
             tokio::spawn(async move {
-                match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok((client, upstream)) => {
-                        let mut client = TokioIo::new(client);
-                        let mut upstream = TokioIo::new(upstream);
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    }
-                    Err(e) => debug!(error = %e, "websocket upgrade failed"),
+                let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok(both) => both,
+                    Err(e) => return debug!(error = %e, "websocket upgrade failed"),
+                };
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+                match watch {
+                    None => drop(copy.await),
+                    Some((hash, keyring)) => tokio::select! {
+                        _ = copy => {}
+                        _ = keyring.until_inactive(hash) => {
+                            info!(target: "keyward::audit", "websocket tunnel closed: its key is no longer active");
+                        }
+                    },
                 }
             });
         }
@@ -466,7 +483,7 @@ fn inject_identity(rt: &Runtime, headers: &mut http::HeaderMap, identity: &Ident
     let forward_credential = rt.config.identity.forward_authorization;
     let value = |s: &str| HeaderValue::from_bytes(s.as_bytes()).ok();
     match identity {
-        Identity::Key { record: r, in_authorization, in_x_api_key } => {
+        Identity::Key { record: r, in_authorization, in_x_api_key, .. } => {
             if let Some(v) = value(&r.id) {
                 headers.insert(names.key_id.clone(), v);
             }
