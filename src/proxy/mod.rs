@@ -124,7 +124,7 @@ impl Proxy {
         let result = self.phases(&rt, req, peer, &request_id, &mut caller, started).await;
         let rid = request_id.to_str().unwrap_or_default();
         let route = caller.route.and_then(|i| rt.routes.routes().get(i));
-        let route_label = route.map_or(UNMATCHED, |r| r.pattern.as_str());
+        let route_label = route.map_or(UNMATCHED, |r| r.path.as_str());
         if let Some(deny) = &caller.observed {
             self.audit(rid, route_label, deny, &caller, peer, true);
         }

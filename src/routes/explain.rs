@@ -137,7 +137,7 @@ fn write_text(table: &RouteTable, e: &Explained<'_, '_>, out: &mut String) -> st
                 out,
                 "route: routes[{}] {} ({})",
                 route.index,
-                route.pattern,
+                route.path,
                 table.place(route)
             )?;
             let methods = match &route.methods {
@@ -164,7 +164,7 @@ fn write_text(table: &RouteTable, e: &Explained<'_, '_>, out: &mut String) -> st
                 }
             }
             writeln!(out, "  rate limit: {}", rate_limit_text(table, route))?;
-            writeln!(out, "  metrics:    route=\"{}\"", route.pattern)?;
+            writeln!(out, "  metrics:    route=\"{}\"", route.path)?;
             if !skipped.is_empty() {
                 writeln!(
                     out,
@@ -198,7 +198,7 @@ fn write_route_lines(table: &RouteTable, routes: &[&Route], out: &mut String) ->
             out,
             "    routes[{}] {} [{methods}] ({})",
             route.index,
-            route.pattern,
+            route.path,
             table.place(route)
         )?;
     }
@@ -241,7 +241,7 @@ fn rate_limit_text(table: &RouteTable, route: &Route) -> String {
 fn route_json(table: &RouteTable, route: &Route) -> Value {
     json!({
         "index": route.index,
-        "pattern": route.pattern,
+        "pattern": route.path,
         "location": table.place(route),
         "methods": route.methods.as_ref().map(|m| m.iter().map(Method::as_str).collect::<Vec<_>>()),
         "auth": route.auth.as_str(),

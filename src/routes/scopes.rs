@@ -173,13 +173,15 @@ mod tests {
     fn route(scopes: &[&str], any_scopes: &[&str]) -> Route {
         Route {
             index: 0,
-            pattern: "/x".to_owned(),
-            methods: None,
-            auth: crate::config::AuthMode::Required,
-            scopes: held(scopes),
-            any_scopes: held(any_scopes),
-            rate_limit: None,
-            location: crate::config::Location { line: 1, column: 1 },
+            config: crate::config::RouteConfig {
+                path: "/x".to_owned(),
+                methods: None,
+                auth: crate::config::AuthMode::Required,
+                scopes: held(scopes),
+                any_scopes: held(any_scopes),
+                rate_limit: None,
+                location: crate::config::Location { line: 1, column: 1 },
+            },
         }
     }
 

@@ -40,27 +40,25 @@ use std::path::Path;
 
 use http::Method;
 
-use crate::config::{AuthMode, Config, ConfigError, ConfigErrors, Location, RouteRateLimit};
+use crate::config::{AuthMode, Config, ConfigError, ConfigErrors, Location, RouteConfig};
 
 use super::normalise::{normalise_with, NormalPath};
 
-/// One entry of the route table, as the request path needs it.
+/// One entry of the route table: the route as configured (reached through
+/// `Deref`, so `route.path` is the pattern as written and the `route`
+/// metric label, SPEC §9) and its position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// Position in `config.routes` (`routes[index]` in messages).
     pub index: usize,
-    /// The pattern as written; the `route` metric label (SPEC §9).
-    pub pattern: String,
-    /// `None` = every method.
-    pub methods: Option<Vec<Method>>,
-    pub auth: AuthMode,
-    /// All required.
-    pub scopes: Vec<String>,
-    /// At least one required, when non-empty.
-    pub any_scopes: Vec<String>,
-    /// Replaces the caller's plan and subject; `None` = the key's plan.
-    pub rate_limit: Option<RouteRateLimit>,
-    pub location: Location,
+    pub config: RouteConfig,
+}
+
+impl std::ops::Deref for Route {
+    type Target = RouteConfig;
+    fn deref(&self) -> &RouteConfig {
+        &self.config
+    }
 }
 
 impl Route {
@@ -278,16 +276,7 @@ impl RouteTable {
             if let Some(why) = unmatchable {
                 table.unmatchable.push((index, why));
             }
-            let route = Route {
-                index,
-                pattern: rc.path.clone(),
-                methods: rc.methods.clone(),
-                auth: rc.auth,
-                scopes: rc.scopes.clone(),
-                any_scopes: rc.any_scopes.clone(),
-                rate_limit: rc.rate_limit.clone(),
-                location: rc.location,
-            };
+            let route = Route { index, config: rc.clone() };
             let group = table.root.group_mut(&shape);
             let conflict = group
                 .members()
@@ -348,7 +337,7 @@ impl RouteTable {
         let mut warnings = Vec::new();
         for (index, why) in &self.unmatchable {
             let route = &self.routes[*index];
-            warnings.push(format!("{}: {} can never match: {why}", at(route), route.pattern));
+            warnings.push(format!("{}: {} can never match: {why}", at(route), route.path));
         }
         for route in &self.routes {
             if route.auth == AuthMode::Required
@@ -358,7 +347,7 @@ impl RouteTable {
                 warnings.push(format!(
                     "{}: {} has auth: required and no scopes: any valid key passes",
                     at(route),
-                    route.pattern
+                    route.path
                 ));
             }
         }
@@ -390,10 +379,10 @@ impl RouteTable {
                 warnings.push(format!(
                     "{}: {} lists only {}; {which} on its paths fall through to routes[{}] {} ({}), which has auth: none",
                     at(route),
-                    route.pattern,
+                    route.path,
                     method_list(methods),
                     fallback.index,
-                    fallback.pattern,
+                    fallback.path,
                     place(&config.source, fallback.location),
                 ));
             }
@@ -472,12 +461,12 @@ fn overlap(earlier: &Route, later: &Route) -> Option<String> {
 }
 
 fn overlap_error(config: &Config, earlier: &Route, later: &Route, why: &str) -> ConfigError {
-    let same = if earlier.pattern == later.pattern {
-        format!("same path pattern {}", later.pattern)
+    let same = if earlier.path == later.path {
+        format!("same path pattern {}", later.path)
     } else {
         format!(
             "{} and {} are equally specific (parameter names do not matter)",
-            later.pattern, earlier.pattern
+            later.path, earlier.path
         )
     };
     config.error_at(
@@ -527,7 +516,7 @@ pub(crate) mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::config::{LimitBy, Overrides, RouteConfig};
+    use crate::config::{LimitBy, Overrides, RouteRateLimit};
     use crate::routes::normalise;
 
     /// A config from YAML routes, as `keyward.yaml`.
@@ -552,7 +541,7 @@ pub(crate) mod tests {
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let path = normalise(path, false).unwrap();
         match table.find(&method, &path) {
-            Some(route) => format!("{}#{}", route.pattern, route.index),
+            Some(route) => format!("{}#{}", route.path, route.index),
             None => "404".to_owned(),
         }
     }
