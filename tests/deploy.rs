@@ -14,14 +14,13 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use keyward::config::{Config, Overrides, StoreKind};
 use serde_yaml::Value as Yaml;
-use support::http::{get_blocking, request_blocking};
+use support::http::get_blocking;
 use support::keyward::Keyward;
 use support::redis::RedisServer;
 use support::upstream::EchoUpstream;
@@ -269,4 +268,522 @@ fn metrics_exposition_after_every_outcome_passes_promtool_check_metrics() {
         ok && out.trim().is_empty(),
         "promtool check metrics:\n{out}\n--- exposition ---\n{text}"
     );
+}
+
+// ---- deploy/ files ------------------------------------------------------
+
+/// Every YAML document in `rel` (a multi-document file yields several).
+fn yaml_docs(rel: &str) -> Vec<Yaml> {
+    let text = read(rel);
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{rel}: {e}")))
+        .filter(|doc: &Yaml| !doc.is_null())
+        .collect()
+}
+
+/// `doc.a.b.c` for a dotted path (`None` when any step is missing).
+fn at<'a>(doc: &'a Yaml, path: &str) -> Option<&'a Yaml> {
+    path.split('.').try_fold(doc, |v, key| v.get(key))
+}
+
+fn str_at<'a>(doc: &'a Yaml, path: &str) -> &'a str {
+    // The document is not printed: it may be a Secret.
+    at(doc, path).and_then(Yaml::as_str).unwrap_or_else(|| panic!("no string at {path}"))
+}
+
+fn seq_at<'a>(doc: &'a Yaml, path: &str) -> &'a [Yaml] {
+    at(doc, path).and_then(Yaml::as_sequence).map_or(&[], Vec::as_slice)
+}
+
+/// A string map (`labels`, `matchLabels`, `selector`) as a BTreeMap.
+fn string_map(v: Option<&Yaml>) -> BTreeMap<String, String> {
+    v.and_then(Yaml::as_mapping)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let v = v.as_str().map(str::to_owned).unwrap_or_else(|| format!("{v:?}"));
+                    (k.as_str().unwrap_or_default().to_owned(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_subset(small: &BTreeMap<String, String>, big: &BTreeMap<String, String>) -> bool {
+    !small.is_empty() && small.iter().all(|(k, v)| big.get(k) == Some(v))
+}
+
+fn port_number(v: &Yaml) -> Option<u16> {
+    v.as_u64().and_then(|n| u16::try_from(n).ok())
+}
+
+/// A container port given by number or by name, as a number.
+fn resolve_port(container: &Yaml, port: &Yaml) -> u16 {
+    if let Some(n) = port_number(port) {
+        return n;
+    }
+    let name = port.as_str().unwrap_or_else(|| panic!("port {port:?} is neither number nor name"));
+    seq_at(container, "ports")
+        .iter()
+        .find(|p| p.get("name").and_then(Yaml::as_str) == Some(name))
+        .and_then(|p| p.get("containerPort").and_then(port_number))
+        .unwrap_or_else(|| panic!("no container port named {name}"))
+}
+
+/// `scheme://[user[:password]@]host[:port][/…]` -> (host, port).
+fn url_host_port(url: &str, default_port: u16) -> (String, u16) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    match hostport.rsplit_once(':') {
+        Some((h, p)) => (h.to_owned(), p.parse().expect("numeric port")),
+        None => (hostport.to_owned(), default_port),
+    }
+}
+
+struct Manifests {
+    docs: Vec<(String, Yaml)>,
+}
+
+impl Manifests {
+    fn load(dir: &str) -> Manifests {
+        let mut files: Vec<String> = std::fs::read_dir(repo().join(dir))
+            .expect("read manifest dir")
+            .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+            .collect();
+        files.sort();
+        let docs = files
+            .iter()
+            .flat_map(|f| yaml_docs(&format!("{dir}/{f}")).into_iter().map(move |d| (f.clone(), d)))
+            .collect();
+        Manifests { docs }
+    }
+
+    fn of_kind(&self, kind: &str) -> impl Iterator<Item = &Yaml> + '_ {
+        let kind = kind.to_owned();
+        self.docs
+            .iter()
+            .map(|(_, d)| d)
+            .filter(move |d| d.get("kind").and_then(Yaml::as_str) == Some(kind.as_str()))
+    }
+
+    fn get(&self, kind: &str, name: &str) -> &Yaml {
+        self.of_kind(kind)
+            .find(|d| at(d, "metadata.name").and_then(Yaml::as_str) == Some(name))
+            .unwrap_or_else(|| panic!("no {kind} named {name} in the manifests"))
+    }
+
+    /// The Deployment whose pod template labels match `selector`, and those labels.
+    fn pods_selected_by(&self, selector: &BTreeMap<String, String>) -> Vec<&Yaml> {
+        self.of_kind("Deployment")
+            .filter(|d| is_subset(selector, &string_map(at(d, "spec.template.metadata.labels"))))
+            .collect()
+    }
+}
+
+fn container<'a>(deployment: &'a Yaml, name: &str) -> &'a Yaml {
+    seq_at(deployment, "spec.template.spec.containers")
+        .iter()
+        .find(|c| c.get("name").and_then(Yaml::as_str) == Some(name))
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+/// A `securityContext` field: the container's, else the pod's.
+fn security<'a>(deployment: &'a Yaml, container: &'a Yaml, field: &str) -> Option<&'a Yaml> {
+    at(container, &format!("securityContext.{field}"))
+        .or_else(|| at(deployment, &format!("spec.template.spec.securityContext.{field}")))
+}
+
+/// Every `secretKeyRef` / `configMapKeyRef` and `configMap`/`secret`
+/// volume in the manifests names an object (and key) defined in them.
+fn assert_references_resolve(m: &Manifests) {
+    let has_key = |kind: &str, name: &str, key: &str| {
+        let obj = m.get(kind, name);
+        ["data", "stringData"].iter().any(|f| obj.get(f).and_then(|d| d.get(key)).is_some())
+    };
+    for d in m.of_kind("Deployment") {
+        let dname = str_at(d, "metadata.name");
+        for c in seq_at(d, "spec.template.spec.containers") {
+            for env in seq_at(c, "env") {
+                for (reference, kind) in [
+                    ("valueFrom.secretKeyRef", "Secret"),
+                    ("valueFrom.configMapKeyRef", "ConfigMap"),
+                ] {
+                    if let Some(r) = at(env, reference) {
+                        let (name, key) = (str_at(r, "name"), str_at(r, "key"));
+                        assert!(
+                            has_key(kind, name, key),
+                            "{dname}: env {} names {kind} {name} key {key}, which the manifests lack",
+                            str_at(env, "name")
+                        );
+                    }
+                }
+            }
+        }
+        for v in seq_at(d, "spec.template.spec.volumes") {
+            if let Some(name) = at(v, "configMap.name").and_then(Yaml::as_str) {
+                m.get("ConfigMap", name);
+            }
+            if let Some(name) = at(v, "secret.secretName").and_then(Yaml::as_str) {
+                m.get("Secret", name);
+            }
+        }
+    }
+}
+
+#[test]
+fn kubernetes_sidecar_manifests_agree_with_keyward_config() {
+    let m = Manifests::load("deploy/kubernetes");
+
+    // kustomization lists every manifest (the ServiceMonitor is opt-in: it needs a CRD).
+    let kustomization =
+        m.docs.iter().find(|(f, _)| f == "kustomization.yaml").expect("kustomization");
+    let listed: BTreeSet<&str> =
+        seq_at(&kustomization.1, "resources").iter().filter_map(Yaml::as_str).collect();
+    let files: BTreeSet<&str> = m
+        .docs
+        .iter()
+        .map(|(f, _)| f.as_str())
+        .filter(|f| !["kustomization.yaml", "servicemonitor.yaml"].contains(f))
+        .collect();
+    assert_eq!(listed, files, "kustomization.yaml resources");
+
+    // The embedded config is valid for keyward itself, also with the Secret's URL.
+    let cm = m.get("ConfigMap", "keyward-config");
+    let data = |key: &str| at(cm, "data").and_then(|d| d.get(key)).and_then(Yaml::as_str);
+    let yaml = data("keyward.yaml").expect("ConfigMap data keyward.yaml");
+    let source = Path::new("deploy/kubernetes/configmap.yaml");
+    let config = Config::from_yaml(yaml, source, &Overrides::default())
+        .unwrap_or_else(|e| panic!("ConfigMap keyward-config: {e}"));
+    let secret = m.get("Secret", "keyward-redis");
+    let redis_url = str_at(secret, "stringData.url");
+    let overrides = Overrides { redis_url: Some(redis_url.to_owned()), ..Overrides::default() };
+    Config::from_yaml(yaml, source, &overrides)
+        .unwrap_or_else(|e| panic!("ConfigMap with the Secret's KEYWARD_REDIS_URL: {e}"));
+    assert_eq!(config.store.kind, StoreKind::Redis);
+
+    let api = m.get("Deployment", "api");
+    let kw = container(api, "keyward");
+    let app = container(api, "app");
+
+    // The config file is mounted where keyward reads it.
+    let args: Vec<&str> = seq_at(kw, "args").iter().filter_map(Yaml::as_str).collect();
+    let config_path = args
+        .iter()
+        .position(|a| *a == "--config")
+        .map(|i| args[i + 1])
+        .unwrap_or("/etc/keyward/keyward.yaml");
+    let mount = seq_at(kw, "volumeMounts")
+        .iter()
+        .find(|vm| config_path.starts_with(&format!("{}/", str_at(vm, "mountPath"))))
+        .expect("a volume mounted at the config's directory");
+    let file = config_path.rsplit('/').next().expect("file name");
+    let volume = seq_at(api, "spec.template.spec.volumes")
+        .iter()
+        .find(|v| v.get("name") == mount.get("name"))
+        .expect("the mounted volume");
+    assert_eq!(str_at(volume, "configMap.name"), "keyward-config");
+    assert!(data(file).is_some(), "the ConfigMap has no key {file}");
+    assert!(at(mount, "subPath").is_none(), "a subPath mount never sees ConfigMap updates");
+
+    // KEYWARD_REDIS_URL (the CLI's env name) comes from the Secret.
+    let redis_env = seq_at(kw, "env")
+        .iter()
+        .find(|e| str_at(e, "name") == "KEYWARD_REDIS_URL")
+        .expect("KEYWARD_REDIS_URL");
+    assert_eq!(str_at(redis_env, "valueFrom.secretKeyRef.name"), "keyward-redis");
+    assert_references_resolve(&m);
+
+    // Container ports are keyward's listeners; probes hit the admin port.
+    let admin_port = config.admin.listen.port();
+    let proxy_port = config.listen.port();
+    assert_eq!(resolve_port(kw, &Yaml::from("http")), proxy_port);
+    assert_eq!(resolve_port(kw, &Yaml::from("admin")), admin_port);
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(str_at(kw, &format!("{probe}.httpGet.path")), path, "{probe}");
+        let port = at(kw, &format!("{probe}.httpGet.port")).expect("probe port");
+        assert_eq!(resolve_port(kw, port), admin_port, "{probe} port");
+    }
+    let annotations = string_map(at(api, "spec.template.metadata.annotations"));
+    assert_eq!(annotations.get("prometheus.io/scrape").map(String::as_str), Some("true"));
+    assert_eq!(annotations.get("prometheus.io/port"), Some(&admin_port.to_string()));
+    assert_eq!(annotations.get("prometheus.io/path").map(String::as_str), Some("/metrics"));
+
+    // The upstream is the app container, on the pod's loopback only.
+    let upstream = &config.upstream.url;
+    assert_eq!(upstream.host(), Some("127.0.0.1"));
+    let app_listen = format!("-listen=127.0.0.1:{}", upstream.port_u16().expect("upstream port"));
+    assert!(
+        seq_at(app, "args").iter().any(|a| a.as_str() == Some(app_listen.as_str())),
+        "the app must listen on keyward's upstream address ({app_listen})"
+    );
+
+    // Redis: the Secret's URL names the redis Service and its port, with the password Redis requires.
+    let (host, port) = url_host_port(redis_url, 6379);
+    let redis_svc = m.get("Service", &host);
+    let svc_port = seq_at(redis_svc, "spec.ports")
+        .iter()
+        .find(|p| p.get("port").and_then(port_number) == Some(port))
+        .expect("the redis Service exposes the URL's port");
+    let redis_pods = m.pods_selected_by(&string_map(at(redis_svc, "spec.selector")));
+    assert_eq!(redis_pods.len(), 1, "the redis Service selects the redis Deployment");
+    let redis_c = container(redis_pods[0], "redis");
+    assert_eq!(resolve_port(redis_c, svc_port.get("targetPort").expect("targetPort")), 6379);
+    let password = str_at(secret, "stringData.password");
+    assert!(
+        redis_url.contains(&format!(":{password}@")),
+        "the Secret's url must carry the Secret's password (values not printed)"
+    );
+
+    // Services: the API Service targets keyward's proxy port, never the app.
+    let api_svc = m.get("Service", "api");
+    let api_pods = m.pods_selected_by(&string_map(at(api_svc, "spec.selector")));
+    assert_eq!(api_pods.len(), 1, "the api Service selects the api Deployment");
+    for p in seq_at(api_svc, "spec.ports") {
+        assert_eq!(resolve_port(kw, p.get("targetPort").expect("targetPort")), proxy_port);
+    }
+
+    // The ServiceMonitor selects the admin Service and scrapes its admin port.
+    let sm = m
+        .docs
+        .iter()
+        .map(|(_, d)| d)
+        .find(|d| str_at(d, "kind") == "ServiceMonitor")
+        .expect("ServiceMonitor");
+    let selector = string_map(at(sm, "spec.selector.matchLabels"));
+    let monitored: Vec<&Yaml> = m
+        .of_kind("Service")
+        .filter(|s| is_subset(&selector, &string_map(at(s, "metadata.labels"))))
+        .collect();
+    assert_eq!(monitored.len(), 1, "the ServiceMonitor selects exactly one Service");
+    assert!(!is_subset(&selector, &string_map(at(api_svc, "metadata.labels"))));
+    for ep in seq_at(sm, "spec.endpoints") {
+        let name = str_at(ep, "port");
+        let port = seq_at(monitored[0], "spec.ports")
+            .iter()
+            .find(|p| p.get("name").and_then(Yaml::as_str) == Some(name))
+            .unwrap_or_else(|| panic!("the monitored Service has no port {name}"));
+        assert_eq!(resolve_port(kw, port.get("targetPort").expect("targetPort")), admin_port);
+        assert_eq!(str_at(ep, "path"), "/metrics");
+    }
+
+    // Every container: non-root, read-only root, no privilege escalation, no
+    // capabilities, and resource requests and limits.
+    for d in m.of_kind("Deployment") {
+        for c in seq_at(d, "spec.template.spec.containers") {
+            let who = format!("{}/{}", str_at(d, "metadata.name"), str_at(c, "name"));
+            let flag = |f: &str| security(d, c, f).and_then(Yaml::as_bool);
+            assert_eq!(flag("runAsNonRoot"), Some(true), "{who}: runAsNonRoot");
+            assert_eq!(flag("readOnlyRootFilesystem"), Some(true), "{who}: readOnlyRootFilesystem");
+            assert_eq!(
+                flag("allowPrivilegeEscalation"),
+                Some(false),
+                "{who}: allowPrivilegeEscalation"
+            );
+            let uid = security(d, c, "runAsUser").and_then(Yaml::as_u64);
+            assert!(uid.is_some_and(|u| u > 0), "{who}: runAsUser must be a non-zero uid");
+            let drop: Vec<&str> = seq_at(c, "securityContext.capabilities.drop")
+                .iter()
+                .filter_map(Yaml::as_str)
+                .collect();
+            assert_eq!(drop, ["ALL"], "{who}: capabilities.drop");
+            for part in ["requests", "limits"] {
+                for res in ["cpu", "memory"] {
+                    assert!(
+                        at(c, &format!("resources.{part}.{res}")).is_some(),
+                        "{who}: resources.{part}.{res}"
+                    );
+                }
+            }
+        }
+    }
+    // keyward runs as the image's nonroot user (distroless uid 65532).
+    assert_eq!(security(api, kw, "runAsUser").and_then(Yaml::as_u64), Some(65532));
+    // The kubelet waits out keyward's drain before SIGKILL.
+    let grace = at(api, "spec.template.spec.terminationGracePeriodSeconds")
+        .and_then(Yaml::as_u64)
+        .expect("grace");
+    assert!(
+        Duration::from_secs(grace) > config.shutdown_grace,
+        "terminationGracePeriodSeconds <= shutdown_grace"
+    );
+    // Local rate limits during a Redis outage assume this many replicas.
+    let replicas = at(api, "spec.replicas").and_then(Yaml::as_u64).expect("replicas");
+    assert_eq!(u64::from(config.rate_limit.replicas_hint), replicas, "rate_limit.replicas_hint");
+    let image = str_at(kw, "image");
+    assert!(
+        image.ends_with(&format!(":{}", env!("CARGO_PKG_VERSION"))),
+        "keyward image tag {image}"
+    );
+}
+
+#[test]
+fn compose_example_wires_keyward_redis_api_and_prometheus_by_service_name() {
+    let compose = &yaml_docs("deploy/compose/docker-compose.yml")[0];
+    let services = at(compose, "services").and_then(Yaml::as_mapping).expect("services");
+    let service = |name: &str| services.get(name).unwrap_or_else(|| panic!("no service {name}"));
+    let kw = service("keyward");
+
+    // keyward.yaml is mounted where the image reads its config, and valid.
+    let mounts: Vec<&str> = seq_at(kw, "volumes").iter().filter_map(Yaml::as_str).collect();
+    assert!(mounts.contains(&"./keyward.yaml:/etc/keyward/keyward.yaml:ro"), "{mounts:?}");
+    let text = read("deploy/compose/keyward.yaml");
+    let config =
+        Config::from_yaml(&text, Path::new("deploy/compose/keyward.yaml"), &Overrides::default())
+            .unwrap_or_else(|e| panic!("deploy/compose/keyward.yaml: {e}"));
+    assert!(read("Dockerfile").contains("ENV KEYWARD_CONFIG=/etc/keyward/keyward.yaml"));
+
+    // The upstream and Redis are compose services, by name and port.
+    let upstream = &config.upstream.url;
+    let api = service(upstream.host().expect("upstream host"));
+    let api_port = upstream.port_u16().expect("upstream port").to_string();
+    let api_command: Vec<&str> = seq_at(api, "command").iter().filter_map(Yaml::as_str).collect();
+    assert_eq!(api_command, ["--port", api_port.as_str()], "the api listens on the upstream port");
+    let redis_url = config.store.redis.url.as_deref().expect("redis url");
+    let (redis_host, redis_port) = url_host_port(redis_url, 6379);
+    assert_eq!(redis_host, "redis");
+    assert_eq!(redis_port, 6379);
+    assert!(service("redis")
+        .get("image")
+        .and_then(Yaml::as_str)
+        .is_some_and(|i| i.starts_with("redis:")));
+    let depends = at(kw, "depends_on").and_then(Yaml::as_mapping).expect("depends_on");
+    assert!(depends.contains_key("redis") && depends.contains_key("api"));
+
+    // Published ports: the proxy to the world, admin on loopback only; the
+    // API and Redis not at all (nobody can bypass keyward).
+    let ports: Vec<&str> = seq_at(kw, "ports").iter().filter_map(Yaml::as_str).collect();
+    let proxy = config.listen.port();
+    let admin = config.admin.listen.port();
+    assert!(ports.contains(&format!("{proxy}:{proxy}").as_str()), "{ports:?}");
+    assert!(ports.contains(&format!("127.0.0.1:{admin}:{admin}").as_str()), "{ports:?}");
+    for hidden in ["api", "redis"] {
+        assert!(service(hidden).get("ports").is_none(), "{hidden} must not publish ports");
+    }
+    // Hardened like the Kubernetes example.
+    assert_eq!(at(kw, "read_only").and_then(Yaml::as_bool), Some(true));
+    assert_eq!(seq_at(kw, "cap_drop").iter().filter_map(Yaml::as_str).collect::<Vec<_>>(), ["ALL"]);
+    assert_eq!(str_at(kw, "user"), "65532:65532");
+    assert!(at(kw, "build.context").is_some(), "keyward is built from this repository");
+
+    // Prometheus mounts deploy/prometheus, whose scrape target is keyward's admin port.
+    let prom = service("prometheus");
+    let prom_mounts: Vec<&str> = seq_at(prom, "volumes").iter().filter_map(Yaml::as_str).collect();
+    assert!(prom_mounts.contains(&"../prometheus:/etc/prometheus:ro"), "{prom_mounts:?}");
+    let scrape = &yaml_docs("deploy/prometheus/prometheus.yml")[0];
+    let targets: Vec<&str> = seq_at(scrape, "scrape_configs")
+        .iter()
+        .flat_map(|j| seq_at(j, "static_configs"))
+        .flat_map(|s| seq_at(s, "targets"))
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert_eq!(targets, [format!("keyward:{admin}")], "Prometheus scrapes keyward's admin port");
+    let rule_files: Vec<&str> =
+        seq_at(scrape, "rule_files").iter().filter_map(Yaml::as_str).collect();
+    for f in rule_files {
+        assert!(repo().join("deploy/prometheus").join(f).is_file(), "rule file {f}");
+    }
+}
+
+/// Metric names (`keyward_…`) in a PromQL expression, histogram series
+/// suffixes mapped to the histogram's name.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("keyward_") {
+        let tail = &rest[i..];
+        let end =
+            tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|b| KEYWARD_METRICS.iter().any(|(n, k)| n == b && *k == "histogram"))
+            .unwrap_or(name);
+        names.insert(base.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+fn assert_known_metrics(what: &str, expr: &str) {
+    let names = metric_names(expr);
+    assert!(!names.is_empty(), "{what}: no keyward metric in {expr}");
+    for name in names {
+        assert!(
+            KEYWARD_METRICS.iter().any(|(n, _)| *n == name),
+            "{what}: {name} is not a metric keyward exports ({expr})"
+        );
+    }
+}
+
+#[test]
+fn prometheus_config_and_alert_rules_pass_promtool_and_their_unit_tests() {
+    for args in [
+        &["check", "config", "deploy/prometheus/prometheus.yml"][..],
+        &["check", "rules", "deploy/prometheus/alerts.yml"],
+        &["test", "rules", "deploy/prometheus/alerts.test.yml"],
+    ] {
+        let (ok, out) = promtool(args, None);
+        assert!(ok, "promtool {}:\n{out}", args.join(" "));
+    }
+    let rules = &yaml_docs("deploy/prometheus/alerts.yml")[0];
+    let mut alerts = BTreeSet::new();
+    for group in seq_at(rules, "groups") {
+        for rule in seq_at(group, "rules") {
+            let name = str_at(rule, "alert");
+            assert_known_metrics(name, str_at(rule, "expr"));
+            assert!(at(rule, "labels.severity").is_some(), "{name}: severity label");
+            alerts.insert(name.to_owned());
+        }
+    }
+    // Every alert has a unit test that expects it to fire.
+    let tests = &yaml_docs("deploy/prometheus/alerts.test.yml")[0];
+    let tested: BTreeSet<String> = seq_at(tests, "tests")
+        .iter()
+        .flat_map(|t| seq_at(t, "alert_rule_test"))
+        .filter(|a| !seq_at(a, "exp_alerts").is_empty())
+        .map(|a| str_at(a, "alertname").to_owned())
+        .collect();
+    assert_eq!(tested, alerts, "alerts without a firing unit test");
+}
+
+/// Every PromQL expression of the Grafana dashboard (panel targets and
+/// query variables).
+fn dashboard_exprs() -> Vec<(String, String)> {
+    let text = read("deploy/grafana/keyward.json");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("keyward.json is JSON");
+    let mut exprs = Vec::new();
+    let mut panels: Vec<&serde_json::Value> =
+        dash["panels"].as_array().expect("panels").iter().collect();
+    while let Some(p) = panels.pop() {
+        if let Some(inner) = p["panels"].as_array() {
+            panels.extend(inner);
+        }
+        for t in p["targets"].as_array().map_or(&[][..], Vec::as_slice) {
+            let expr = t["expr"].as_str().expect("target expr");
+            exprs.push((p["title"].as_str().unwrap_or("?").to_owned(), expr.to_owned()));
+        }
+    }
+    for v in dash["templating"]["list"].as_array().expect("templating") {
+        if let Some(q) = v["definition"].as_str() {
+            exprs.push((format!("variable {}", v["name"]), q.to_owned()));
+        }
+    }
+    exprs
+}
+
+#[test]
+fn grafana_dashboard_queries_only_metrics_keyward_exports() {
+    let exprs = dashboard_exprs();
+    assert!(exprs.len() >= 15, "dashboard has {} queries", exprs.len());
+    let mut used = BTreeSet::new();
+    for (title, expr) in &exprs {
+        assert_known_metrics(title, expr);
+        used.extend(metric_names(expr));
+    }
+    // It shows every SPEC §9 metric.
+    let all: BTreeSet<String> = KEYWARD_METRICS.iter().map(|(n, _)| (*n).to_owned()).collect();
+    assert_eq!(used, all, "metrics the dashboard does not show");
 }
