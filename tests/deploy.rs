@@ -14,6 +14,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -786,4 +787,137 @@ fn grafana_dashboard_queries_only_metrics_keyward_exports() {
     // It shows every SPEC §9 metric.
     let all: BTreeSet<String> = KEYWARD_METRICS.iter().map(|(n, _)| (*n).to_owned()).collect();
     assert_eq!(used, all, "metrics the dashboard does not show");
+}
+
+// ---- a real Prometheus ------------------------------------------------------
+
+/// Debian's `prometheus` on a free loopback port with a temp data dir,
+/// killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Scrapes `admin` every second and loads deploy/prometheus/alerts.yml.
+    fn start(admin: SocketAddr) -> Prometheus {
+        let dir =
+            tempfile::Builder::new().prefix("keyward-prometheus-").tempdir().expect("temp dir");
+        let rules = repo().join("deploy/prometheus/alerts.yml");
+        let config = format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             rule_files: [\"{}\"]\n\
+             scrape_configs:\n  - job_name: keyward\n    static_configs: [{{targets: [\"{admin}\"]}}]\n",
+            rules.display()
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).expect("write prometheus.yml");
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
+        let port = support::free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("run prometheus (Debian package `prometheus`): {e}"));
+        Prometheus { child, port, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// `GET /api/v1/{path}?query=…`; `None` while Prometheus is not up yet.
+    fn api(&self, path: &str, query: Option<&str>) -> Option<serde_json::Value> {
+        let mut url = format!("http://127.0.0.1:{}/api/v1/{path}", self.port);
+        if let Some(q) = query {
+            url.push_str("?query=");
+            url.push_str(&percent_encode(q));
+        }
+        let addr = support::loopback(self.port);
+        // Not listening yet: don't let the client's own timeouts slow the poll.
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+        let resp = get_blocking(&url, &[]);
+        serde_json::from_slice(&resp.body).ok()
+    }
+
+    /// The single value of an instant query, once it has one.
+    fn scalar(&self, query: &str) -> Option<f64> {
+        let v = self.api("query", Some(query))?;
+        let result = v["data"]["result"].as_array()?;
+        result.first()?["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- prometheus log ---\n{}", self.log());
+        }
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn real_prometheus_scrapes_request_counts_and_loads_the_alerts_and_dashboard_queries() {
+    let up = EchoUpstream::start();
+    let kw = Keyward::start_keyed(&support::keyed_config_yaml(&up.url()));
+    let prom = Prometheus::start(kw.admin_addr());
+    for _ in 0..3 {
+        assert_eq!(get_blocking(&kw.url("/a"), &[AUTH]).status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(get_blocking(&kw.url("/a"), &[]).status, 401);
+    }
+
+    // Bounded: Prometheus starts in a second or two, then scrapes every second.
+    let allowed = r#"sum(keyward_requests_total{job="keyward",outcome="allowed"})"#;
+    let denied = r#"sum(keyward_requests_total{job="keyward",outcome="unauthenticated"})"#;
+    let arrived = support::wait_until(Duration::from_secs(30), || {
+        prom.scalar(allowed) == Some(3.0) && prom.scalar(denied) == Some(2.0)
+    });
+    assert!(
+        arrived,
+        "Prometheus never saw 3 allowed and 2 unauthenticated requests (allowed: {:?}, denied: {:?})",
+        prom.scalar(allowed),
+        prom.scalar(denied)
+    );
+    assert_eq!(prom.scalar(r#"up{job="keyward"}"#), Some(1.0));
+
+    // The alert rules load and evaluate.
+    let rules = prom.api("rules", None).expect("rules API");
+    let groups = rules["data"]["groups"].as_array().expect("rule groups");
+    let loaded: Vec<&serde_json::Value> =
+        groups.iter().flat_map(|g| g["rules"].as_array().into_iter().flatten()).collect();
+    assert!(loaded.len() >= 5, "alert rules not loaded: {rules}");
+    for rule in &loaded {
+        assert_ne!(rule["health"], "err", "rule {} fails to evaluate: {rule}", rule["name"]);
+    }
+
+    // Every dashboard query is valid PromQL against real data.
+    for (title, expr) in dashboard_exprs() {
+        if expr.starts_with("label_values(") {
+            continue; // a Grafana function, not PromQL
+        }
+        let expr =
+            expr.replace("$__rate_interval", "1m").replace("$__range", "5m").replace("$job", ".*");
+        let v = prom.api("query", Some(&expr)).expect("query API");
+        assert_eq!(v["status"], "success", "dashboard panel {title}: {expr}: {v}");
+    }
 }
