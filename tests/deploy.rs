@@ -921,3 +921,39 @@ fn real_prometheus_scrapes_request_counts_and_loads_the_alerts_and_dashboard_que
         assert_eq!(v["status"], "success", "dashboard panel {title}: {expr}: {v}");
     }
 }
+
+#[test]
+fn container_image_runs_keyward_as_nonroot_on_distroless_without_a_shell_healthcheck() {
+    let dockerfile = read("Dockerfile");
+    let lines: Vec<&str> = dockerfile
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let final_stage = lines.iter().rposition(|l| l.starts_with("FROM ")).expect("FROM");
+    let stage = &lines[final_stage..];
+    assert_eq!(stage[0], "FROM gcr.io/distroless/cc-debian12:nonroot");
+    assert!(stage.contains(&"USER 65532:65532"), "non-root numeric user");
+    assert!(stage.contains(&"ENTRYPOINT [\"/usr/local/bin/keyward\"]"), "exec-form entrypoint");
+    assert!(stage.contains(&"ENV KEYWARD_CONFIG=/etc/keyward/keyward.yaml"));
+    // No shell in the image: a HEALTHCHECK could not run; orchestrators probe /healthz.
+    assert!(!lines.iter().any(|l| l.starts_with("HEALTHCHECK")), "distroless has no curl or shell");
+    // The exposed ports are the example configs' listeners.
+    let config = Config::from_yaml(
+        &read("deploy/compose/keyward.yaml"),
+        Path::new("deploy/compose/keyward.yaml"),
+        &Overrides::default(),
+    )
+    .expect("compose config");
+    let expose = format!("EXPOSE {} {}", config.listen.port(), config.admin.listen.port());
+    assert!(stage.contains(&expose.as_str()), "{expose}");
+}
+
+#[test]
+fn readme_metrics_reference_lists_every_metric_with_its_type() {
+    let readme = read("README.md");
+    for (name, kind) in KEYWARD_METRICS {
+        let row = format!("| `{name}` | {kind} |");
+        assert!(readme.contains(&row), "README.md metrics reference lacks the row {row}");
+    }
+}
