@@ -26,7 +26,11 @@ fn bench(c: &mut Criterion) {
         (0..10_000).map(|_| format.generate(Some("live")).expect("generate")).collect();
     for (i, k) in keys.iter().enumerate() {
         let record = KeyRecord { id: format!("key_{i}"), owner: "o".into(), ..Default::default() };
-        cache.insert(KeyHash::of(k), Cached::Found(Arc::new(record)), now);
+        cache.insert(
+            KeyHash::of(k),
+            Cached::Found(Arc::new(keyward::store::CachedKey::new(&record))),
+            now,
+        );
     }
 
     let mut i = 0usize;

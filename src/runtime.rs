@@ -31,6 +31,9 @@ pub struct Runtime {
     pub max_body_bytes: Option<u64>,
     /// `allowed_hosts`, lowercased, without ports; `None` = any host.
     pub allowed_hosts: Option<Vec<String>>,
+    /// `rate_limit.default_plan` as the plan identity header of a key
+    /// without a plan of its own; `None` if no header may carry it.
+    pub default_plan_header: Option<http::HeaderValue>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +89,7 @@ impl Runtime {
             max_header_bytes: config.limits.max_header_bytes,
             max_body_bytes: config.limits.max_body_bytes,
             allowed_hosts: config.allowed_hosts.clone(),
+            default_plan_header: http::HeaderValue::from_str(&config.rate_limit.default_plan).ok(),
             config,
         })
     }

@@ -16,12 +16,12 @@ use std::time::Instant;
 use crate::config::Config;
 use crate::store::cache::{Cached, KeyCache, Lookup};
 use crate::store::last_used::LastUsed;
-use crate::store::{KeyHash, KeyRecord, KeyStore, Store, StoreError};
+use crate::store::{CachedKey, KeyHash, KeyStore, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// How a key lookup ended (before looking at the key's state).
 pub enum Found {
-    Key(Arc<KeyRecord>),
+    Key(Arc<CachedKey>),
     Unknown,
     /// The store is down and nothing usable is cached.
     Unavailable,
@@ -124,7 +124,7 @@ impl Keyring {
         match answer {
             Ok(Some(record)) => {
                 metrics.store_up.set(1);
-                let record = Arc::new(record);
+                let record = Arc::new(CachedKey::new(&record));
                 if current {
                     self.cache.insert(*hash, Cached::Found(record.clone()), now);
                 }

@@ -42,7 +42,7 @@ use crate::config::{AuthMode, LimitBy, Mode, RouteRateLimit};
 use crate::ratelimit::{Decision, LimitError, PlanSpec};
 use crate::routes::{self, Route};
 use crate::runtime::Runtime;
-use crate::store::{KeyHash, KeyRecord, KeyState};
+use crate::store::{CachedKey, KeyHash, KeyState};
 use crate::telemetry::{Metrics, Outcome};
 pub use deny::Deny;
 use forward::{RequestBody, UpstreamClient};
@@ -73,7 +73,7 @@ struct Caller {
     route: Option<usize>,
     /// Observe mode: the denial that was not enforced.
     observed: Option<Deny>,
-    record: Option<Arc<KeyRecord>>,
+    record: Option<Arc<CachedKey>>,
     /// The rate-limit decision, rendered into headers on the response
     /// whatever its status (SPEC §5).
     limit: Option<(Decision, Arc<PlanSpec>)>,
@@ -85,7 +85,7 @@ struct Caller {
 enum Identity {
     /// A valid key.
     Key {
-        record: Arc<KeyRecord>,
+        record: Arc<CachedKey>,
         /// For a WebSocket tunnel to watch the key's revocation.
         hash: KeyHash,
         /// Which headers carried the key, to strip unless
@@ -155,7 +155,7 @@ impl Proxy {
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             request_id = rid,
             route = route_label,
-            key_id = caller.record.as_deref().map(|r| r.id.as_str()),
+            key_id = caller.record.as_deref().map(CachedKey::id),
             outcome = outcome.as_str(),
             client_ip = %peer.addr.ip(),
             "request"
@@ -181,10 +181,10 @@ impl Proxy {
             route,
             reason = deny.code(),
             observed,
-            key_id = record.map(|r| r.id.as_str()),
+            key_id = record.map(CachedKey::id),
             display_prefix =
-                record.map(|r| r.display_prefix.as_str()).or(caller.display_prefix.as_deref()),
-            owner = record.map(|r| r.owner.as_str()),
+                record.map(CachedKey::display_prefix).or(caller.display_prefix.as_deref()),
+            owner = record.map(CachedKey::owner),
             client_ip = %peer.addr.ip(),
             "auth.denied"
         );
@@ -269,12 +269,12 @@ impl Proxy {
                     (plan, client_ip().into(), None)
                 }
                 (Identity::Key { record, .. }, Some(RouteRateLimit { by: LimitBy::Key, plan })) => {
-                    (plan, record.id.as_str().into(), Some(record.owner.as_str()))
+                    (plan, record.id().into(), Some(record.owner()))
                 }
                 (Identity::Key { record, .. }, None) => (
-                    record.plan.as_deref().unwrap_or(&rl.default_plan),
-                    record.id.as_str().into(),
-                    Some(record.owner.as_str()),
+                    record.plan().unwrap_or(&rl.default_plan),
+                    record.id().into(),
+                    Some(record.owner()),
                 ),
                 (Identity::Anonymous, Some(RouteRateLimit { plan, .. })) => {
                     (plan, client_ip().into(), None)
@@ -362,7 +362,7 @@ impl Proxy {
 
         // 6. authorise: the route's scopes (SPEC §3).
         rt.grants
-            .check(&record.scopes, route)
+            .check(record.scopes(), route)
             .map_err(|required| Deny::InsufficientScope { required })?;
 
         // (7. limit runs in `phases`, for anonymous callers too.)
@@ -481,23 +481,24 @@ impl Proxy {
 fn inject_identity(rt: &Runtime, headers: &mut http::HeaderMap, identity: &Identity) {
     let names = &rt.config.identity.headers;
     let forward_credential = rt.config.identity.forward_authorization;
-    let value = |s: &str| HeaderValue::from_bytes(s.as_bytes()).ok();
     match identity {
         Identity::Key { record: r, in_authorization, in_x_api_key, .. } => {
-            if let Some(v) = value(&r.id) {
+            // Slices of the cached key's buffer: no copy, no allocation.
+            // A value no header may carry (a control character) is left out
+            // rather than sent broken.
+            if let Some(v) = r.id_header() {
                 headers.insert(names.key_id.clone(), v);
             }
-            if let Some(v) = value(&r.owner) {
+            if let Some(v) = r.owner_header() {
                 headers.insert(names.owner.clone(), v);
             }
-            if let Some(v) = value(&r.scopes.join(" ")) {
+            if let Some(v) = r.scopes_header() {
                 headers.insert(names.scopes.clone(), v);
             }
-            if let Some(v) = r.env.as_deref().and_then(value) {
+            if let Some(v) = r.env_header() {
                 headers.insert(names.env.clone(), v);
             }
-            let plan = r.plan.as_deref().unwrap_or(&rt.config.rate_limit.default_plan);
-            if let Some(v) = value(plan) {
+            if let Some(v) = r.plan_header().or_else(|| rt.default_plan_header.clone()) {
                 headers.insert(names.plan.clone(), v);
             }
             headers.insert(names.auth.clone(), HeaderValue::from_static("key"));

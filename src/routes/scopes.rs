@@ -90,12 +90,12 @@ impl ScopeGrants {
     }
 
     /// Whether the held scopes grant `required` (rules in the module doc).
-    pub fn grants(&self, held: &[String], required: &str) -> bool {
-        held.iter().any(|h| {
+    pub fn grants<'a>(&self, held: impl IntoIterator<Item = &'a str>, required: &str) -> bool {
+        held.into_iter().any(|h| {
             if self.grants_directly(h, required) {
                 return true;
             }
-            match self.implied.get(h.as_str()) {
+            match self.implied.get(h) {
                 Some(implied) => {
                     implied.everything
                         || implied.scopes.iter().any(|s| self.grants_directly(s, required))
@@ -112,15 +112,19 @@ impl ScopeGrants {
     /// `WWW-Authenticate` and `required_scopes` of the body): the missing
     /// ones of `scopes`, then, when none of `any_scopes` is granted, all of
     /// `any_scopes` (any one of which would do).
-    pub fn check(&self, held: &[String], route: &Route) -> Result<(), Vec<String>> {
-        let all_granted = route.scopes.iter().all(|s| self.grants(held, s));
-        let any_granted =
-            route.any_scopes.is_empty() || route.any_scopes.iter().any(|s| self.grants(held, s));
+    pub fn check<'a>(
+        &self,
+        held: impl Iterator<Item = &'a str> + Clone,
+        route: &Route,
+    ) -> Result<(), Vec<String>> {
+        let all_granted = route.scopes.iter().all(|s| self.grants(held.clone(), s));
+        let any_granted = route.any_scopes.is_empty()
+            || route.any_scopes.iter().any(|s| self.grants(held.clone(), s));
         if all_granted && any_granted {
             return Ok(());
         }
         let mut missing: Vec<String> =
-            route.scopes.iter().filter(|s| !self.grants(held, s)).cloned().collect();
+            route.scopes.iter().filter(|s| !self.grants(held.clone(), s)).cloned().collect();
         if !any_granted {
             missing.extend(route.any_scopes.iter().cloned());
         }
@@ -166,6 +170,10 @@ mod tests {
         ScopeGrants::new(&ScopesConfig { implies, write_implies_read })
     }
 
+    fn strs<'a>(scopes: &'a [&'a str]) -> impl Iterator<Item = &'a str> + Clone {
+        scopes.iter().copied()
+    }
+
     fn held(scopes: &[&str]) -> Vec<String> {
         scopes.iter().map(|s| (*s).to_owned()).collect()
     }
@@ -188,51 +196,51 @@ mod tests {
     #[test]
     fn exact_scopes_grant_themselves_and_nothing_else() {
         let g = grants(&[], false);
-        assert!(g.grants(&held(&["jobs:read"]), "jobs:read"));
-        assert!(!g.grants(&held(&["jobs:read"]), "jobs:write"));
-        assert!(!g.grants(&held(&["jobs:read"]), "jobs"));
-        assert!(!g.grants(&held(&[]), "jobs:read"));
-        assert!(!g.grants(&held(&["jobs:reader"]), "jobs:read"));
+        assert!(g.grants(strs(&["jobs:read"]), "jobs:read"));
+        assert!(!g.grants(strs(&["jobs:read"]), "jobs:write"));
+        assert!(!g.grants(strs(&["jobs:read"]), "jobs"));
+        assert!(!g.grants(strs(&[]), "jobs:read"));
+        assert!(!g.grants(strs(&["jobs:reader"]), "jobs:read"));
     }
 
     #[test]
     fn scope_names_are_case_sensitive() {
         let g = grants(&[("Admin:all", &["*"])], true);
-        assert!(!g.grants(&held(&["Jobs:read"]), "jobs:read"));
-        assert!(!g.grants(&held(&["jobs:READ"]), "jobs:read"));
-        assert!(!g.grants(&held(&["jobs:WRITE"]), "jobs:read"));
-        assert!(!g.grants(&held(&["admin:all"]), "jobs:read"));
-        assert!(g.grants(&held(&["Admin:all"]), "jobs:read"));
+        assert!(!g.grants(strs(&["Jobs:read"]), "jobs:read"));
+        assert!(!g.grants(strs(&["jobs:READ"]), "jobs:read"));
+        assert!(!g.grants(strs(&["jobs:WRITE"]), "jobs:read"));
+        assert!(!g.grants(strs(&["admin:all"]), "jobs:read"));
+        assert!(g.grants(strs(&["Admin:all"]), "jobs:read"));
     }
 
     #[test]
     fn resource_wildcard_grants_every_scope_of_that_resource_only() {
         let g = grants(&[], false);
-        let h = held(&["jobs:*"]);
-        assert!(g.grants(&h, "jobs:read"));
-        assert!(g.grants(&h, "jobs:write"));
-        assert!(g.grants(&h, "jobs:dlq:read"));
-        assert!(!g.grants(&h, "jobs"));
-        assert!(!g.grants(&h, "jobsx:read"));
-        assert!(!g.grants(&h, "queues:read"));
-        assert!(g.grants(&held(&["jobs:dlq:*"]), "jobs:dlq:purge"));
-        assert!(!g.grants(&held(&["jobs:dlq:*"]), "jobs:read"));
+        let h = strs(&["jobs:*"]);
+        assert!(g.grants(h.clone(), "jobs:read"));
+        assert!(g.grants(h.clone(), "jobs:write"));
+        assert!(g.grants(h.clone(), "jobs:dlq:read"));
+        assert!(!g.grants(h.clone(), "jobs"));
+        assert!(!g.grants(h.clone(), "jobsx:read"));
+        assert!(!g.grants(h.clone(), "queues:read"));
+        assert!(g.grants(strs(&["jobs:dlq:*"]), "jobs:dlq:purge"));
+        assert!(!g.grants(strs(&["jobs:dlq:*"]), "jobs:read"));
     }
 
     #[test]
     fn implies_to_star_grants_everything() {
         let g = grants(&[("admin:all", &["*"])], true);
-        let h = held(&["admin:all"]);
+        let h = strs(&["admin:all"]);
         for scope in ["jobs:read", "keys:write", "anything", "x:y:z"] {
-            assert!(g.grants(&h, scope), "{scope}");
+            assert!(g.grants(h.clone(), scope), "{scope}");
         }
-        assert!(!g.grants(&held(&["admin:other"]), "jobs:read"));
+        assert!(!g.grants(strs(&["admin:other"]), "jobs:read"));
     }
 
     #[test]
     fn held_star_without_implies_grants_only_itself() {
         let g = grants(&[], true);
-        assert!(!g.grants(&held(&["*"]), "jobs:read"));
+        assert!(!g.grants(strs(&["*"]), "jobs:read"));
     }
 
     #[test]
@@ -247,80 +255,80 @@ mod tests {
             ],
             false,
         );
-        let h = held(&["ops"]);
-        assert!(g.grants(&h, "jobs:admin"));
-        assert!(g.grants(&h, "jobs:write"));
-        assert!(g.grants(&h, "queues:pause"));
-        assert!(!g.grants(&h, "jobs:read")); // write_implies_read is off
-        assert!(g.grants(&held(&["queues:write"]), "jobs:write"));
-        assert!(!g.grants(&held(&["a"]), "c"));
-        assert!(g.grants(&held(&["a"]), "b"));
+        let h = strs(&["ops"]);
+        assert!(g.grants(h.clone(), "jobs:admin"));
+        assert!(g.grants(h.clone(), "jobs:write"));
+        assert!(g.grants(h.clone(), "queues:pause"));
+        assert!(!g.grants(h.clone(), "jobs:read")); // write_implies_read is off
+        assert!(g.grants(strs(&["queues:write"]), "jobs:write"));
+        assert!(!g.grants(strs(&["a"]), "c"));
+        assert!(g.grants(strs(&["a"]), "b"));
     }
 
     #[test]
     fn write_implies_read_including_multi_colon_scopes() {
         let on = grants(&[], true);
-        assert!(on.grants(&held(&["jobs:write"]), "jobs:read"));
-        assert!(on.grants(&held(&["jobs:dlq:write"]), "jobs:dlq:read"));
-        assert!(!on.grants(&held(&["jobs:dlq:write"]), "jobs:read"));
-        assert!(!on.grants(&held(&["jobs:write"]), "jobs:dlq:read"));
-        assert!(!on.grants(&held(&["jobs:read"]), "jobs:write"));
-        assert!(!on.grants(&held(&["write"]), "read"));
+        assert!(on.grants(strs(&["jobs:write"]), "jobs:read"));
+        assert!(on.grants(strs(&["jobs:dlq:write"]), "jobs:dlq:read"));
+        assert!(!on.grants(strs(&["jobs:dlq:write"]), "jobs:read"));
+        assert!(!on.grants(strs(&["jobs:write"]), "jobs:dlq:read"));
+        assert!(!on.grants(strs(&["jobs:read"]), "jobs:write"));
+        assert!(!on.grants(strs(&["write"]), "read"));
         let off = grants(&[], false);
-        assert!(!off.grants(&held(&["jobs:write"]), "jobs:read"));
+        assert!(!off.grants(strs(&["jobs:write"]), "jobs:read"));
     }
 
     #[test]
     fn write_implies_read_composes_with_implies() {
         let g = grants(&[("admin", &["jobs:write"]), ("jobs:read", &["files:read"])], true);
-        assert!(g.grants(&held(&["admin"]), "jobs:read"));
+        assert!(g.grants(strs(&["admin"]), "jobs:read"));
         // jobs:write -> jobs:read -> files:read
-        assert!(g.grants(&held(&["jobs:write"]), "files:read"));
-        assert!(g.grants(&held(&["admin"]), "files:read"));
+        assert!(g.grants(strs(&["jobs:write"]), "files:read"));
+        assert!(g.grants(strs(&["admin"]), "files:read"));
     }
 
     #[test]
     fn wildcards_do_not_fire_implies_entries() {
         let g = grants(&[("jobs:admin", &["queues:write"])], true);
-        assert!(g.grants(&held(&["jobs:*"]), "jobs:admin"));
-        assert!(!g.grants(&held(&["jobs:*"]), "queues:write"));
+        assert!(g.grants(strs(&["jobs:*"]), "jobs:admin"));
+        assert!(!g.grants(strs(&["jobs:*"]), "queues:write"));
     }
 
     #[test]
     fn check_requires_all_scopes_and_names_the_missing_ones() {
         let g = grants(&[], true);
         let r = route(&["jobs:read", "queues:read"], &[]);
-        assert_eq!(g.check(&held(&["jobs:read", "queues:read"]), &r), Ok(()));
-        assert_eq!(g.check(&held(&["jobs:write", "queues:*"]), &r), Ok(()));
-        assert_eq!(g.check(&held(&["jobs:read"]), &r), Err(held(&["queues:read"])));
-        assert_eq!(g.check(&held(&[]), &r), Err(held(&["jobs:read", "queues:read"])));
+        assert_eq!(g.check(strs(&["jobs:read", "queues:read"]), &r), Ok(()));
+        assert_eq!(g.check(strs(&["jobs:write", "queues:*"]), &r), Ok(()));
+        assert_eq!(g.check(strs(&["jobs:read"]), &r), Err(held(&["queues:read"])));
+        assert_eq!(g.check(strs(&[]), &r), Err(held(&["jobs:read", "queues:read"])));
     }
 
     #[test]
     fn check_requires_one_of_any_scopes_and_names_them_all_when_none_is_held() {
         let g = grants(&[], true);
         let r = route(&[], &["billing:read", "admin:billing"]);
-        assert_eq!(g.check(&held(&["admin:billing"]), &r), Ok(()));
-        assert_eq!(g.check(&held(&["billing:write"]), &r), Ok(()));
+        assert_eq!(g.check(strs(&["admin:billing"]), &r), Ok(()));
+        assert_eq!(g.check(strs(&["billing:write"]), &r), Ok(()));
         assert_eq!(
-            g.check(&held(&["jobs:read"]), &r),
+            g.check(strs(&["jobs:read"]), &r),
             Err(held(&["billing:read", "admin:billing"]))
         );
         let both = route(&["jobs:read"], &["a", "b"]);
-        assert_eq!(g.check(&held(&["a"]), &both), Err(held(&["jobs:read"])));
-        assert_eq!(g.check(&held(&["x"]), &both), Err(held(&["jobs:read", "a", "b"])));
+        assert_eq!(g.check(strs(&["a"]), &both), Err(held(&["jobs:read"])));
+        assert_eq!(g.check(strs(&["x"]), &both), Err(held(&["jobs:read", "a", "b"])));
     }
 
     #[test]
     fn a_route_without_scopes_admits_any_credential() {
         let g = grants(&[], true);
-        assert_eq!(g.check(&held(&[]), &route(&[], &[])), Ok(()));
+        assert_eq!(g.check(strs(&[]), &route(&[], &[])), Ok(()));
     }
 
     #[test]
     fn default_config_makes_admin_all_grant_everything() {
         let g = ScopeGrants::new(&ScopesConfig::default());
-        assert!(g.grants(&held(&["admin:all"]), "keys:write"));
-        assert!(g.grants(&held(&["jobs:write"]), "jobs:read"));
+        assert!(g.grants(strs(&["admin:all"]), "keys:write"));
+        assert!(g.grants(strs(&["jobs:write"]), "jobs:read"));
     }
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::config::{KeysConfig, StoreConfig};
-use crate::store::{KeyHash, KeyRecord};
+use crate::store::{CachedKey, KeyHash};
 
 /// Shard count: enough that 2–8 worker threads rarely meet on one lock.
 const SHARDS: usize = 16;
@@ -25,7 +25,7 @@ const SHARDS: usize = 16;
 pub enum Cached {
     /// The store's record for the key (any state: revoked and expired keys
     /// are cached too, so they are refused without a round trip).
-    Found(Arc<KeyRecord>),
+    Found(Arc<CachedKey>),
     /// The store has no such key.
     Unknown,
 }
@@ -302,7 +302,8 @@ mod tests {
     }
 
     fn found(id: &str) -> Cached {
-        Cached::Found(Arc::new(KeyRecord { id: id.to_owned(), ..KeyRecord::default() }))
+        let record = crate::store::KeyRecord { id: id.to_owned(), ..Default::default() };
+        Cached::Found(Arc::new(CachedKey::new(&record)))
     }
 
     fn secs(s: u64) -> Duration {

@@ -15,6 +15,7 @@
 //! static call.
 
 pub mod cache;
+pub mod cached_key;
 pub mod events;
 pub mod last_used;
 pub mod memory;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use crate::config::{StoreConfig, StoreKind};
 
+pub use self::cached_key::CachedKey;
 pub use self::memory::MemoryStore;
 pub use self::record::{KeyHash, KeyRecord, KeyState};
 pub use self::redis::RedisStore;

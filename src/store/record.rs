@@ -88,6 +88,18 @@ pub enum KeyState {
 }
 
 impl KeyState {
+    /// The state at `now` (Unix seconds). Revocation wins over expiry; a key
+    /// whose `revoked_at` lies in the future is still active until then.
+    pub fn at(now: u64, revoked_at: Option<u64>, expires_at: Option<u64>) -> KeyState {
+        if revoked_at.is_some_and(|t| t <= now) {
+            KeyState::Revoked
+        } else if expires_at.is_some_and(|t| t <= now) {
+            KeyState::Expired
+        } else {
+            KeyState::Active
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             KeyState::Active => "active",
@@ -98,16 +110,9 @@ impl KeyState {
 }
 
 impl KeyRecord {
-    /// The state at `now` (Unix seconds). Revocation wins over expiry; a key
-    /// whose `revoked_at` lies in the future is still active until then.
+    /// The state at `now` (Unix seconds): see [`KeyState::at`].
     pub fn state(&self, now: u64) -> KeyState {
-        if self.revoked_at.is_some_and(|t| t <= now) {
-            KeyState::Revoked
-        } else if self.expires_at.is_some_and(|t| t <= now) {
-            KeyState::Expired
-        } else {
-            KeyState::Active
-        }
+        KeyState::at(now, self.revoked_at, self.expires_at)
     }
 }
 

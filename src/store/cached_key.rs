@@ -1,0 +1,278 @@
+//! `CachedKey`: the request path's compact copy of a [`KeyRecord`], what the
+//! key cache holds.
+//!
+//! A full `KeyRecord` is about 600 bytes on the heap (a 250-byte struct and
+//! ten small strings, each its own allocation); with 100,000 keys cached
+//! that alone was 60 MB of the resident set. The request path reads only the
+//! id, owner, scopes, env, plan, display prefix and the expiry/revocation
+//! times, so the cache keeps just those: the strings packed one after the
+//! other in one shared buffer (about 220 bytes a key in all, measured with
+//! `bench/cache_rss.sh`). The buffer is a [`Bytes`], so the identity
+//! headers (SPEC §6) are slices of it: injecting them copies and allocates
+//! nothing.
+
+use std::fmt;
+use std::ops::Range;
+
+use bytes::Bytes;
+use http::HeaderValue;
+
+use super::{KeyRecord, KeyState};
+
+/// The packed fields, in buffer order.
+#[derive(Clone, Copy)]
+enum Field {
+    Id = 0,
+    Owner,
+    /// Space-separated, as in Redis and `X-Keyward-Scopes`.
+    Scopes,
+    Env,
+    Plan,
+    DisplayPrefix,
+}
+
+const FIELDS: usize = 6;
+
+/// One key's request-path attributes (see the module docs). Immutable.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CachedKey {
+    /// Every field's text, back to back (valid UTF-8: built from `&str`s).
+    text: Bytes,
+    /// Where each field ends in `text`; a field starts where the previous
+    /// one ends.
+    ends: [u32; FIELDS],
+    has_env: bool,
+    has_plan: bool,
+    pub expires_at: Option<u64>,
+    pub revoked_at: Option<u64>,
+}
+
+impl CachedKey {
+    pub fn new(record: &KeyRecord) -> CachedKey {
+        let scopes_len = record.scopes.iter().map(|s| s.len() + 1).sum::<usize>();
+        let env = record.env.as_deref().unwrap_or("");
+        let plan = record.plan.as_deref().unwrap_or("");
+        let mut text = Vec::with_capacity(
+            record.id.len()
+                + record.owner.len()
+                + scopes_len
+                + env.len()
+                + plan.len()
+                + record.display_prefix.len(),
+        );
+        let mut ends = [0u32; FIELDS];
+        let mut end = |text: &mut Vec<u8>, field: Field| {
+            // A record over 4 GiB cannot come from a store (Redis caps a
+            // value at 512 MB), so the length always fits.
+            ends[field as usize] = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        };
+        text.extend_from_slice(record.id.as_bytes());
+        end(&mut text, Field::Id);
+        text.extend_from_slice(record.owner.as_bytes());
+        end(&mut text, Field::Owner);
+        for (i, scope) in record.scopes.iter().enumerate() {
+            if i > 0 {
+                text.push(b' ');
+            }
+            text.extend_from_slice(scope.as_bytes());
+        }
+        end(&mut text, Field::Scopes);
+        text.extend_from_slice(env.as_bytes());
+        end(&mut text, Field::Env);
+        text.extend_from_slice(plan.as_bytes());
+        end(&mut text, Field::Plan);
+        text.extend_from_slice(record.display_prefix.as_bytes());
+        end(&mut text, Field::DisplayPrefix);
+        CachedKey {
+            text: Bytes::from(text),
+            ends,
+            has_env: record.env.is_some(),
+            has_plan: record.plan.is_some(),
+            expires_at: record.expires_at,
+            revoked_at: record.revoked_at,
+        }
+    }
+
+    fn range(&self, field: Field) -> Range<usize> {
+        let i = field as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        start..self.ends[i] as usize
+    }
+
+    fn str(&self, field: Field) -> &str {
+        // Always valid: `text` is the concatenation of whole `&str`s, and
+        // every range starts and ends between two of them.
+        std::str::from_utf8(&self.text[self.range(field)]).unwrap_or("")
+    }
+
+    /// The field as a header value sharing the buffer (no copy), or `None`
+    /// when it holds bytes a header may not carry (a control character).
+    fn header(&self, field: Field) -> Option<HeaderValue> {
+        HeaderValue::from_maybe_shared(self.text.slice(self.range(field))).ok()
+    }
+
+    pub fn id(&self) -> &str {
+        self.str(Field::Id)
+    }
+
+    pub fn owner(&self) -> &str {
+        self.str(Field::Owner)
+    }
+
+    /// The granted scopes, in the record's order.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> + Clone {
+        self.str(Field::Scopes).split(' ').filter(|s| !s.is_empty())
+    }
+
+    pub fn env(&self) -> Option<&str> {
+        self.has_env.then(|| self.str(Field::Env))
+    }
+
+    /// `None`: `rate_limit.default_plan`.
+    pub fn plan(&self) -> Option<&str> {
+        self.has_plan.then(|| self.str(Field::Plan))
+    }
+
+    pub fn display_prefix(&self) -> &str {
+        self.str(Field::DisplayPrefix)
+    }
+
+    pub fn id_header(&self) -> Option<HeaderValue> {
+        self.header(Field::Id)
+    }
+
+    pub fn owner_header(&self) -> Option<HeaderValue> {
+        self.header(Field::Owner)
+    }
+
+    /// The scopes space-separated, as `X-Keyward-Scopes` carries them.
+    pub fn scopes_header(&self) -> Option<HeaderValue> {
+        self.header(Field::Scopes)
+    }
+
+    pub fn env_header(&self) -> Option<HeaderValue> {
+        self.has_env.then(|| self.header(Field::Env)).flatten()
+    }
+
+    pub fn plan_header(&self) -> Option<HeaderValue> {
+        self.has_plan.then(|| self.header(Field::Plan)).flatten()
+    }
+
+    /// The state at `now` (Unix seconds), as [`KeyRecord::state`].
+    pub fn state(&self, now: u64) -> KeyState {
+        KeyState::at(now, self.revoked_at, self.expires_at)
+    }
+}
+
+impl From<&KeyRecord> for CachedKey {
+    fn from(record: &KeyRecord) -> CachedKey {
+        CachedKey::new(record)
+    }
+}
+
+impl fmt::Debug for CachedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedKey")
+            .field("id", &self.id())
+            .field("owner", &self.owner())
+            .field("scopes", &self.str(Field::Scopes))
+            .field("env", &self.env())
+            .field("plan", &self.plan())
+            .field("display_prefix", &self.display_prefix())
+            .field("expires_at", &self.expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> KeyRecord {
+        KeyRecord {
+            id: "key_01HZX".to_owned(),
+            name: "ci".to_owned(),
+            owner: "acct_7".to_owned(),
+            env: Some("live".to_owned()),
+            scopes: vec!["jobs:read".to_owned(), "jobs:write".to_owned()],
+            plan: Some("pro".to_owned()),
+            created_at: 10,
+            expires_at: Some(100),
+            revoked_at: None,
+            description: Some("deploys".to_owned()),
+            display_prefix: "kw_live_AbCd".to_owned(),
+            last_used_at: Some(50),
+        }
+    }
+
+    #[test]
+    fn every_request_path_field_round_trips() {
+        let k = CachedKey::new(&record());
+        assert_eq!(k.id(), "key_01HZX");
+        assert_eq!(k.owner(), "acct_7");
+        assert_eq!(k.scopes().collect::<Vec<_>>(), ["jobs:read", "jobs:write"]);
+        assert_eq!(k.env(), Some("live"));
+        assert_eq!(k.plan(), Some("pro"));
+        assert_eq!(k.display_prefix(), "kw_live_AbCd");
+        assert_eq!(k.expires_at, Some(100));
+        assert_eq!(k.revoked_at, None);
+        assert_eq!(k.scopes_header().unwrap(), "jobs:read jobs:write");
+        assert_eq!(k.id_header().unwrap(), "key_01HZX");
+        assert_eq!(k.owner_header().unwrap(), "acct_7");
+        assert_eq!(k.env_header().unwrap(), "live");
+        assert_eq!(k.plan_header().unwrap(), "pro");
+    }
+
+    #[test]
+    fn absent_and_empty_fields_stay_distinct() {
+        let mut r = record();
+        r.env = None;
+        r.plan = None;
+        r.scopes = vec![];
+        let k = CachedKey::new(&r);
+        assert_eq!(k.env(), None);
+        assert_eq!(k.plan(), None);
+        assert_eq!(k.env_header(), None);
+        assert_eq!(k.plan_header(), None);
+        assert_eq!(k.scopes().count(), 0);
+        assert_eq!(k.scopes_header().unwrap(), "");
+        // The fields after the empty ones are still where they belong.
+        assert_eq!(k.display_prefix(), "kw_live_AbCd");
+
+        r.env = Some(String::new());
+        assert_eq!(CachedKey::new(&r).env(), Some(""));
+    }
+
+    #[test]
+    fn state_follows_the_record() {
+        let mut r = record();
+        let k = CachedKey::new(&r);
+        assert_eq!(k.state(99), KeyState::Active);
+        assert_eq!(k.state(100), KeyState::Expired);
+        r.revoked_at = Some(60);
+        let k = CachedKey::new(&r);
+        assert_eq!(k.state(60), KeyState::Revoked);
+        assert_eq!(k.state(59), r.state(59));
+        assert_eq!(k.state(200), r.state(200));
+    }
+
+    #[test]
+    fn a_value_no_header_may_carry_is_left_out_not_injected_broken() {
+        let mut r = record();
+        r.owner = "evil\r\nX-Injected: 1".to_owned();
+        let k = CachedKey::new(&r);
+        assert_eq!(k.owner(), "evil\r\nX-Injected: 1");
+        assert_eq!(k.owner_header(), None);
+        assert_eq!(k.id_header().unwrap(), "key_01HZX");
+    }
+
+    #[test]
+    fn non_ascii_text_round_trips_whole() {
+        let mut r = record();
+        r.owner = "équipe-β".to_owned();
+        let k = CachedKey::new(&r);
+        assert_eq!(k.owner(), "équipe-β");
+        assert_eq!(k.display_prefix(), "kw_live_AbCd");
+    }
+}
