@@ -210,7 +210,12 @@ pub async fn run(
         let (config_changed, keys_changed) = tokio::select! {
             _ = sigterm.recv() => { info!(signal = "SIGTERM", "shutting down"); break; }
             _ = sigint.recv() => { info!(signal = "SIGINT", "shutting down"); break; }
-            _ = sighup.recv() => (true, true),
+            _ = sighup.recv() => {
+                // Stamped before the files are read, so a write that lands
+                // after the reload read them is still noticed.
+                tls_stamps.changed();
+                (true, true)
+            }
             _ = poll.tick() => (
                 // `|`, not `||`: every stamp is brought up to date.
                 changed(&mut config_stamp, source.as_ref().map(|s| s.path.as_path()))
@@ -222,7 +227,7 @@ pub async fn run(
             if let Some(source) = &source {
                 reload(source, &runtime, &limiter, certs.as_deref(), &metrics);
                 // A reload may name other certificate files.
-                tls_stamps = TlsStamps::of(runtime.load().config.tls.as_ref());
+                tls_stamps.follow(runtime.load().config.tls.as_ref());
             }
         }
         if keys_changed {
@@ -289,6 +294,16 @@ impl TlsStamps {
     fn of(tls: Option<&crate::config::TlsConfig>) -> TlsStamps {
         let paths = tls.map(|t| vec![t.cert.clone(), t.key.clone()]).unwrap_or_default();
         TlsStamps(paths.into_iter().map(|p| (p.clone(), FileStamp::of(&p))).collect())
+    }
+
+    /// Watches the files `tls` names from now on; stamps of files already
+    /// watched are kept (re-stamping them now could hide a write that
+    /// landed after the reload read them).
+    fn follow(&mut self, tls: Option<&crate::config::TlsConfig>) {
+        let next = TlsStamps::of(tls);
+        if next.0.iter().map(|(p, _)| p).ne(self.0.iter().map(|(p, _)| p)) {
+            *self = next;
+        }
     }
 
     /// Whether either file changed since the last call (both are re-stamped).
