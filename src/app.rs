@@ -1,5 +1,5 @@
 //! The one wiring file: load the config, build the `Runtime`, bind the
-//! listeners, handle signals, reload, drain.
+//! listeners, handle signals, reload (config and TLS certificates), drain.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -21,6 +21,7 @@ use crate::server::admin::{self, AdminState};
 use crate::server::{self, ListenerSettings};
 use crate::store::{events, KeyStore, Store, StoreError};
 use crate::telemetry::Metrics;
+use crate::tls::{self, CertResolver, TlsError};
 
 /// Why `serve` could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -40,13 +41,17 @@ pub enum AppError {
     Signals(#[source] std::io::Error),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// A certificate, key or CA file that does not load (fail closed: no
+    /// start without the TLS that was asked for).
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 impl AppError {
     /// SPEC §1: 2 for config errors, 1 for runtime failures.
     pub fn exit_code(&self) -> i32 {
         match self {
-            AppError::Config(_) | AppError::Runtime(_) => 2,
+            AppError::Config(_) | AppError::Runtime(_) | AppError::Tls(_) => 2,
             AppError::Store(e) if !e.is_outage() => 2,
             AppError::Bind { .. } | AppError::Signals(_) | AppError::Store(_) => 1,
         }
@@ -95,6 +100,23 @@ pub async fn run(
     let limiter = Limiter::new(&config, &store);
     let runtime =
         Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone())?.with_limiter(&limiter)));
+    // TLS on the main listener: the certificate must load before anything
+    // listens (fail closed); whether the listener speaks TLS is fixed now.
+    let certs = match &config.tls {
+        Some(paths) => {
+            let key = tls::load_certified_key(paths)?;
+            log_certificate(paths, &key);
+            Some(Arc::new(CertResolver::new(key)))
+        }
+        None => None,
+    };
+    let acceptor = match &certs {
+        Some(resolver) => {
+            Some(tokio_rustls::TlsAcceptor::from(tls::server_config(resolver.clone())?))
+        }
+        None => None,
+    };
+    let client = forward::client(&config.upstream)?;
     let metrics = Arc::new(Metrics::new());
     let keyring = Arc::new(Keyring::new(&config, store));
 
@@ -116,9 +138,10 @@ pub async fn run(
     let proxy_addr = proxy_listener.local_addr().unwrap_or(config.listen);
     let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
 
-    let client = forward::client(&config.upstream);
+    // X-Forwarded-Proto (SPEC §6): how clients reach this listener.
+    let proto = if acceptor.is_some() { "https" } else { "http" };
     let proxy =
-        Arc::new(Proxy::new(runtime.clone(), client, metrics.clone(), keyring.clone(), "http"));
+        Arc::new(Proxy::new(runtime.clone(), client, metrics.clone(), keyring.clone(), proto));
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         ready: false.into(),
@@ -145,6 +168,7 @@ pub async fn run(
         proxy,
         metrics.clone(),
         settings,
+        acceptor,
         proxy_stopped,
     ));
     let admin_task =
@@ -153,6 +177,7 @@ pub async fn run(
     info!(
         proxy = %proxy_addr,
         admin = %admin_addr,
+        tls = certs.is_some(),
         upstream = %config.upstream.url,
         store = keyring.store.kind_name(),
         config = %source.as_ref().map(|s| s.path.display().to_string()).unwrap_or_default(),
@@ -168,30 +193,41 @@ pub async fn run(
         f(proxy_addr, admin_addr);
     }
 
-    // The config file (and a memory store's keys file) are also watched:
-    // polled once a second, which notices a Kubernetes ConfigMap update (a
-    // symlink swap) as well as an edit in place.
+    // The config file (and a memory store's keys file, and the TLS
+    // certificate and key) are also watched: polled once a second, which
+    // notices a Kubernetes ConfigMap or Secret update (a symlink swap) as
+    // well as an edit in place.
     let keys_file = match &keyring.store {
         Store::Memory(m) => m.path().map(|p| p.to_path_buf()),
         Store::Redis(_) => None,
     };
     let mut config_stamp = source.as_ref().map(|s| FileStamp::of(&s.path));
     let mut keys_stamp = keys_file.as_deref().map(FileStamp::of);
+    let mut tls_stamps = TlsStamps::of(runtime.load().config.tls.as_ref());
     let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let (config_changed, keys_changed) = tokio::select! {
             _ = sigterm.recv() => { info!(signal = "SIGTERM", "shutting down"); break; }
             _ = sigint.recv() => { info!(signal = "SIGINT", "shutting down"); break; }
-            _ = sighup.recv() => (true, true),
+            _ = sighup.recv() => {
+                // Stamped before the files are read, so a write that lands
+                // after the reload read them is still noticed.
+                tls_stamps.changed();
+                (true, true)
+            }
             _ = poll.tick() => (
-                changed(&mut config_stamp, source.as_ref().map(|s| s.path.as_path())),
+                // `|`, not `||`: every stamp is brought up to date.
+                changed(&mut config_stamp, source.as_ref().map(|s| s.path.as_path()))
+                    | tls_stamps.changed(),
                 changed(&mut keys_stamp, keys_file.as_deref()),
             ),
         };
         if config_changed {
             if let Some(source) = &source {
-                reload(source, &runtime, &limiter, &metrics);
+                reload(source, &runtime, &limiter, certs.as_deref(), &metrics);
+                // A reload may name other certificate files.
+                tls_stamps.follow(runtime.load().config.tls.as_ref());
             }
         }
         if keys_changed {
@@ -248,6 +284,49 @@ fn changed(stamp: &mut Option<FileStamp>, path: Option<&std::path::Path>) -> boo
     }
     *old = now;
     true
+}
+
+/// The stamps of the TLS certificate and key files, to notice a rotation
+/// (cert-manager, a renewed Secret) without a SIGHUP.
+struct TlsStamps(Vec<(std::path::PathBuf, FileStamp)>);
+
+impl TlsStamps {
+    fn of(tls: Option<&crate::config::TlsConfig>) -> TlsStamps {
+        let paths = tls.map(|t| vec![t.cert.clone(), t.key.clone()]).unwrap_or_default();
+        TlsStamps(paths.into_iter().map(|p| (p.clone(), FileStamp::of(&p))).collect())
+    }
+
+    /// Watches the files `tls` names from now on; stamps of files already
+    /// watched are kept (re-stamping them now could hide a write that
+    /// landed after the reload read them).
+    fn follow(&mut self, tls: Option<&crate::config::TlsConfig>) {
+        let next = TlsStamps::of(tls);
+        if next.0.iter().map(|(p, _)| p).ne(self.0.iter().map(|(p, _)| p)) {
+            *self = next;
+        }
+    }
+
+    /// Whether either file changed since the last call (both are re-stamped).
+    fn changed(&mut self) -> bool {
+        let mut any = false;
+        for (path, stamp) in &mut self.0 {
+            let now = FileStamp::of(path);
+            any |= now != *stamp;
+            *stamp = now;
+        }
+        any
+    }
+}
+
+/// Logs which certificate the listener serves from now on (its SHA-256
+/// fingerprint: public, unlike the key).
+fn log_certificate(paths: &crate::config::TlsConfig, key: &rustls::sign::CertifiedKey) {
+    info!(
+        cert = %paths.cert.display(),
+        sha256 = %tls::fingerprint(key),
+        chain = key.cert.len(),
+        "tls certificate loaded"
+    );
 }
 
 /// How long `serve` waits for the key store before it starts listening.
@@ -346,14 +425,57 @@ fn reload_keys_file(store: &crate::store::MemoryStore, keyring: &Keyring) {
 }
 
 /// Builds a whole new snapshot and swaps it in; an invalid config is refused
-/// and the old one keeps serving (SPEC §9). The listener addresses and the
-/// listener's own limits (header read timeout, buffer sizes) need a restart.
-fn reload(source: &ConfigSource, runtime: &ArcSwap<Runtime>, limiter: &Limiter, metrics: &Metrics) {
-    let result = source.load().map_err(|e| e.to_string()).and_then(|c| {
-        Runtime::new(Arc::new(c)).map(|rt| rt.with_limiter(limiter)).map_err(|e| e.to_string())
-    });
+/// and the old one keeps serving (SPEC §9). With TLS the certificate and
+/// key are loaded again too, and a pair that does not load fails the whole
+/// reload, so the old certificate keeps serving (fail closed). The new
+/// certificate is used by new handshakes; open connections go on. The
+/// listener addresses, the listener's own limits (header read timeout,
+/// buffer sizes), whether it speaks TLS at all, and the upstream client
+/// (`connect_timeout`, `ca_file`) need a restart.
+fn reload(
+    source: &ConfigSource,
+    runtime: &ArcSwap<Runtime>,
+    limiter: &Limiter,
+    certs: Option<&CertResolver>,
+    metrics: &Metrics,
+) {
+    let result =
+        source.load().map_err(|e| e.to_string()).and_then(|c| {
+            let rt = Runtime::new(Arc::new(c)).map_err(|e| e.to_string())?.with_limiter(limiter);
+            let key =
+                match (&rt.config.tls, certs) {
+                    (Some(paths), Some(_)) => {
+                        Some(tls::load_certified_key(paths).map_err(|e| e.to_string())?)
+                    }
+                    (None, None) => None,
+                    // Turning TLS on or off means rebinding the listener: refused
+                    // rather than half-applied (plain HTTP where TLS was asked for
+                    // would expose keys).
+                    (Some(_), None) => return Err(
+                        "tls: the listener was started without TLS; turning TLS on needs a restart"
+                            .to_owned(),
+                    ),
+                    (None, Some(_)) => return Err(
+                        "tls: the listener was started with TLS; turning TLS off needs a restart"
+                            .to_owned(),
+                    ),
+                };
+            Ok((rt, key))
+        });
     match result {
-        Ok(rt) => {
+        Ok((rt, key)) => {
+            let running = runtime.load();
+            if rt.config.upstream.ca_file != running.config.upstream.ca_file
+                || rt.config.upstream.connect_timeout != running.config.upstream.connect_timeout
+            {
+                warn!("upstream.ca_file and upstream.connect_timeout changes take effect at the next restart");
+            }
+            if let (Some(key), Some(certs), Some(paths)) = (key, certs, &rt.config.tls) {
+                if tls::fingerprint(&key) != tls::fingerprint(&certs.current()) {
+                    log_certificate(paths, &key);
+                }
+                certs.set(key);
+            }
             runtime.store(Arc::new(rt));
             metrics.config_reloads.with_label_values(&["success"]).inc();
             info!(config = %source.path.display(), "config reloaded");

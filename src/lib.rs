@@ -10,7 +10,8 @@
 //! - [`config`]: YAML → validated [`config::Config`], errors with file:line:column.
 //! - [`runtime`]: the immutable per-config snapshot the request path reads.
 //! - [`proxy`]: THE request path (`proxy/mod.rs`), header rules, forwarding, problem+json.
-//! - [`server`]: accept loops, graceful drain, the admin listener.
+//! - [`server`]: accept loops (TCP or TLS), graceful drain, the admin listener.
+//! - [`tls`]: rustls (ring): the listener's reloadable certificate, the upstream's trust roots.
 //! - [`routes`]: path normal form, the compiled route table, scope grants, explain.
 //! - [`auth`]: credential extraction, the key format and its checksum, the keyring (cache + store).
 //! - [`store`]: key records, the Redis and memory stores, the cache, invalidation events, last-used.
@@ -21,7 +22,7 @@
 //!
 //! # One request
 //! ```text
-//! client ─► server (hyper h1/h2c) ─► proxy::handle ─► phases ─► upstream
+//! client ─► server (TLS?, hyper h1/h2) ─► proxy::handle ─► phases ─► upstream
 //!                                        │
 //!                                        └─► Deny ─► problem+json (one place)
 //! ```
@@ -40,3 +41,4 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

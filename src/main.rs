@@ -66,6 +66,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::CheckConfig(args) => {
             let (path, config) = load(&args)?;
             let rt = runtime_of(&path, &config)?;
+            keyward::tls::check(&config).map_err(|e| (2, format!("{}: {e}", path.display())))?;
             println!("{}: OK", path.display());
             println!("{}", config.summary());
             for warning in rt.routes.warnings(&config) {

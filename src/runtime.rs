@@ -53,18 +53,8 @@ impl Runtime {
     pub fn new(config: Arc<Config>) -> Result<Runtime, RuntimeError> {
         let url = &config.upstream.url;
         let upstream_scheme = url.scheme().cloned().unwrap_or(Scheme::HTTP);
-        if upstream_scheme != Scheme::HTTP {
-            // rustls to the upstream arrives with the TLS work (issue 8).
-            return Err(RuntimeError::Upstream(format!(
-                "{url}: only http:// upstreams are supported in this build"
-            )));
-        }
-        if config.tls.is_some() {
-            // Serving plain HTTP where TLS was asked for would expose keys.
-            return Err(RuntimeError::Unsupported(
-                "tls: TLS termination is not supported in this build yet; terminate TLS in front of keyward"
-                    .into(),
-            ));
+        if upstream_scheme != Scheme::HTTP && upstream_scheme != Scheme::HTTPS {
+            return Err(RuntimeError::Upstream(format!("{url}: use http:// or https://")));
         }
         if config.store.failure_mode == crate::config::StoreFailureMode::Open {
             return Err(RuntimeError::Unsupported(

@@ -1,4 +1,5 @@
-//! The upstream side: a pooled keep-alive HTTP/1.1 client, the request body
+//! The upstream side: a pooled keep-alive HTTP/1.1 client (plain or rustls
+//! for `https://`), the request body
 //! wrapper that enforces `limits.max_body_bytes` while streaming, and the
 //! mapping of client errors to 502 / 504 (SPEC §7).
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -22,16 +24,25 @@ use crate::config::UpstreamConfig;
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// The client every request is forwarded through. Cloning shares the pool.
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
-/// Builds the pooled client for `upstream.url` (http only until the TLS
-/// issue adds rustls).
-pub fn client(cfg: &UpstreamConfig) -> UpstreamClient {
+/// Builds the pooled client for `upstream.url`: the request URI's scheme
+/// picks plain TCP or TLS (trust: system roots plus `upstream.ca_file`,
+/// read once here; no ALPN is offered, so TLS upstreams speak HTTP/1.1).
+pub fn client(cfg: &UpstreamConfig) -> Result<UpstreamClient, crate::tls::TlsError> {
+    let tls = crate::tls::upstream_client_config(cfg.ca_file.as_deref())?;
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(cfg.connect_timeout));
     connector.set_nodelay(true);
     connector.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
+    // The TLS layer wraps this connector, which must then accept https URIs.
+    connector.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         // Idle upstream connections are closed before typical server
@@ -40,7 +51,7 @@ pub fn client(cfg: &UpstreamConfig) -> UpstreamClient {
         .pool_idle_timeout(Duration::from_secs(60))
         // Host is what the client sent (SPEC §10), not the upstream's name.
         .set_host(false)
-        .build(connector)
+        .build(connector))
 }
 
 /// The client's request body on its way to the upstream, streamed frame by

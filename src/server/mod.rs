@@ -1,5 +1,7 @@
-//! Listeners: the proxy's accept loop (HTTP/1.1 and prior-knowledge h2c on
-//! one port, via hyper-util's auto builder) and the admin listener.
+//! Listeners: the proxy's accept loop (HTTP/1.1 and HTTP/2 on one port, via
+//! hyper-util's auto builder: over TLS with ALPN `h2` / `http/1.1` when
+//! `tls` is set, else plain with prior-knowledge h2c) and the admin
+//! listener (always plain HTTP).
 //!
 //! Shutdown happens in three steps (STYLE habit 8): stop accepting, drain the
 //! open connections (hyper-util `GracefulShutdown`: idle keep-alive
@@ -15,9 +17,11 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::proxy::{Peer, Proxy};
@@ -81,33 +85,38 @@ pub(crate) async fn accept(
 }
 
 /// Accepts connections until `shutdown` turns true, then drains them for up
-/// to `shutdown_grace`.
+/// to `shutdown_grace`. With `tls`, each connection first completes a TLS
+/// handshake (with whatever certificate the acceptor's resolver holds at
+/// that moment), bounded by `header_read_timeout` like a request head.
 pub async fn run_proxy(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     metrics: Arc<Metrics>,
     settings: ListenerSettings,
+    tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = builder(&settings);
+    let builder = Arc::new(builder(&settings));
     loop {
         let Some((stream, peer)) = accept(&listener, &mut shutdown, "proxy").await else { break };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let client = Arc::new(Peer::new(peer));
-        let service = service_fn(move |req| {
-            let (proxy, client) = (proxy.clone(), client.clone());
-            async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
-        });
-        let conn =
-            builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
+        let (proxy, builder, tls) = (proxy.clone(), builder.clone(), tls.clone());
+        let watcher = graceful.watcher();
         let gauge = metrics.connections_open.clone();
         gauge.inc();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, %peer, "connection ended with an error");
+            match tls {
+                None => serve(&builder, stream, proxy, peer, watcher).await,
+                Some(acceptor) => {
+                    // Slowloris on the handshake: the same bound as a head.
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(settings.header_read_timeout, handshake).await {
+                        Ok(Ok(stream)) => serve(&builder, stream, proxy, peer, watcher).await,
+                        Ok(Err(e)) => debug!(error = %e, %peer, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
             gauge.dec();
         });
@@ -122,5 +131,27 @@ pub async fn run_proxy(
         _ = tokio::time::sleep(settings.shutdown_grace) => {
             warn!("shutdown_grace elapsed with requests still in flight; closing them");
         }
+    }
+}
+
+/// Serves one connection (plain TCP or TLS) until it closes or the drain
+/// ends it.
+async fn serve<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    proxy: Arc<Proxy>,
+    peer: std::net::SocketAddr,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client = Arc::new(Peer::new(peer));
+    let service = service_fn(move |req| {
+        let (proxy, client) = (proxy.clone(), client.clone());
+        async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        debug!(error = %e, %peer, "connection ended with an error");
     }
 }

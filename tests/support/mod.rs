@@ -3,7 +3,9 @@
 //! Real parts, never mocks (STYLE habit 9):
 //! - [`redis::RedisServer`]: our own `redis-server` on a free loopback port in a
 //!   temp dir, never the shared 6379;
-//! - [`upstream::EchoUpstream`]: a real HTTP server that records what it receives;
+//! - [`upstream::EchoUpstream`]: a real HTTP server that records what it receives
+//!   (plain, or over TLS for `https://` upstreams);
+//! - [`tls`]: test certificates (rcgen) and a TLS client (tokio-rustls, ALPN);
 //! - [`keyward::Keyward`]: the real binary on `127.0.0.1:0`, over real sockets;
 //! - [`http`]: small clients (hyper-util, HTTP/1.1 and h2c) and raw-bytes helpers;
 //! - [`metrics`]: reads Prometheus text exposition.
@@ -19,6 +21,7 @@ pub mod http;
 pub mod keyward;
 pub mod metrics;
 pub mod redis;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;

@@ -1,6 +1,7 @@
 //! The recording echo upstream: a real HTTP server (hyper, HTTP/1.1 and h2c)
 //! on 127.0.0.1, on its own thread with its own runtime, so it serves tests
-//! written as `#[test]` and as `#[tokio::test]` alike.
+//! written as `#[test]` and as `#[tokio::test]` alike. [`EchoUpstream::start_tls`]
+//! serves the same over TLS (an `https://` upstream).
 //!
 //! Every request is recorded the moment its head arrives (so requests that
 //! never get an answer are visible too); `body_len` grows as the body is read.
@@ -109,6 +110,7 @@ impl State {
 /// The recording upstream; stops its thread (and every connection) on drop.
 pub struct EchoUpstream {
     addr: SocketAddr,
+    tls: bool,
     state: Arc<State>,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -124,6 +126,18 @@ impl EchoUpstream {
     /// [`EchoUpstream::stop`] one, drop the reservation, start another on the
     /// same port). Panics if the port is taken.
     pub fn start_on(port: u16) -> EchoUpstream {
+        Self::serve(port, None)
+    }
+
+    /// Starts over TLS with `leaf` (see [`super::tls::TestCa::leaf`]) on a
+    /// kernel-picked port; [`EchoUpstream::url`] is then `https://…`.
+    pub fn start_tls(leaf: &super::tls::Leaf) -> EchoUpstream {
+        let acceptor = tokio_rustls::TlsAcceptor::from(super::tls::server_config(leaf));
+        Self::serve(0, Some(acceptor))
+    }
+
+    fn serve(port: u16, tls: Option<tokio_rustls::TlsAcceptor>) -> EchoUpstream {
+        let is_tls = tls.is_some();
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .unwrap_or_else(|e| panic!("echo upstream: bind 127.0.0.1:{port}: {e}"));
         listener.set_nonblocking(true).expect("echo upstream: set_nonblocking");
@@ -142,14 +156,14 @@ impl EchoUpstream {
                     let listener = tokio::net::TcpListener::from_std(listener)
                         .expect("echo upstream: tokio listener");
                     tokio::select! {
-                        () = accept_loop(listener, thread_state) => {}
+                        () = accept_loop(listener, thread_state, tls) => {}
                         _ = rx => {}
                     }
                 });
                 // Dropping the runtime here drops every connection task.
             })
             .expect("echo upstream: spawn thread");
-        EchoUpstream { addr, state, shutdown: Some(tx), thread: Some(thread) }
+        EchoUpstream { addr, tls: is_tls, state, shutdown: Some(tx), thread: Some(thread) }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -160,9 +174,10 @@ impl EchoUpstream {
         self.addr.port()
     }
 
-    /// `http://127.0.0.1:P`
+    /// `http://127.0.0.1:P` (`https://` when started with TLS)
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Every request received so far, oldest first.
@@ -230,7 +245,11 @@ pub fn pattern(n: u64) -> Vec<u8> {
     (0..n).map(pattern_byte).collect()
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<State>) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     // Runs until the owner drops the upstream (the select in `start_on`).
     loop {
         let stream = match listener.accept().await {
@@ -243,19 +262,35 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<State>) {
         };
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            // `/reset` fires this to drop the connection unanswered.
-            let reset = Arc::new(Notify::new());
-            let svc_reset = Arc::clone(&reset);
-            let svc =
-                service_fn(move |req| handle(Arc::clone(&state), Arc::clone(&svc_reset), req));
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                () = reset.notified() => {}
+            match tls {
+                None => serve_connection(stream, state).await,
+                Some(acceptor) => {
+                    // A client that refuses our certificate ends here.
+                    let handshake = acceptor.accept(stream);
+                    if let Ok(Ok(stream)) = tokio::time::timeout(MAX_SLOW, handshake).await {
+                        serve_connection(stream, state).await;
+                    }
+                }
             }
         });
+    }
+}
+
+async fn serve_connection<I>(io: I, state: Arc<State>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // `/reset` fires this to drop the connection unanswered.
+    let reset = Arc::new(Notify::new());
+    let svc_reset = Arc::clone(&reset);
+    let svc = service_fn(move |req| handle(Arc::clone(&state), Arc::clone(&svc_reset), req));
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::select! {
+        _ = conn => {}
+        () = reset.notified() => {}
     }
 }
 
