@@ -347,7 +347,7 @@ async fn flush_last_used(
             _ = tokio::time::sleep(LAST_USED_FLUSH) => false,
             _ = stop.changed() => true,
         };
-        let batch = keyring.last_used.drain(clock::unix_seconds());
+        let batch = keyring.last_used.drain();
         if !batch.is_empty() {
             if let Err(e) = keyring.store.touch_last_used(&batch).await {
                 metrics.store_errors.with_label_values(&["touch"]).inc();

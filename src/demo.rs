@@ -133,10 +133,15 @@ pub async fn run(args: &crate::cli::DemoArgs) -> Result<(), (u8, String)> {
         println!("  # 401 malformed_key: a key with a wrong checksum never reaches the store");
         println!("  curl -i -H 'X-API-Key: kw_test_00000000000000000000000000000000AAAAAA' {base}/hello/world");
         println!();
+        println!("  # 403 insufficient_scope: /admin/** needs demo:admin, which this key lacks");
+        println!("  curl -i -H 'Authorization: Bearer {key}' {base}/admin/settings");
+        println!();
         println!(
-            "  # 403 insufficient_scope on /admin and 429 on /limited arrive with the routes and"
+            "  # 429 rate_limited: the key's plan allows 5 requests a minute, then Retry-After"
         );
-        println!("  # rate-limit work; today every path needs a valid key and nothing more.");
+        println!(
+            "  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}}\\n' -H 'Authorization: Bearer {key}' {base}/limited; done"
+        );
         println!();
         println!("  # metrics");
         println!("  curl -s http://{admin}/metrics | grep keyward_requests_total");

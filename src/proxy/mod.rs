@@ -366,7 +366,9 @@ impl Proxy {
             .map_err(|required| Deny::InsufficientScope { required })?;
 
         // (7. limit runs in `phases`, for anonymous callers too.)
-        self.keyring.last_used.touch(hash, now_s);
+        if record.note_use(now_s) {
+            self.keyring.last_used.touch(hash, now_s);
+        }
         Ok(Identity::Key {
             record,
             hash,

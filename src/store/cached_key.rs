@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -33,8 +34,8 @@ enum Field {
 
 const FIELDS: usize = 6;
 
-/// One key's request-path attributes (see the module docs). Immutable.
-#[derive(Clone, PartialEq, Eq)]
+/// One key's request-path attributes (see the module docs). Immutable but
+/// for `last_noted`.
 pub struct CachedKey {
     /// Every field's text, back to back (valid UTF-8: built from `&str`s).
     text: Bytes,
@@ -45,7 +46,24 @@ pub struct CachedKey {
     has_plan: bool,
     pub expires_at: Option<u64>,
     pub revoked_at: Option<u64>,
+    /// When a last-used write was last queued for the key (Unix seconds),
+    /// starting from the store's `last_used_at`: see [`Self::note_use`].
+    last_noted: AtomicU64,
 }
+
+impl PartialEq for CachedKey {
+    /// The record's attributes; not `last_noted`, which is bookkeeping.
+    fn eq(&self, other: &CachedKey) -> bool {
+        self.text == other.text
+            && self.ends == other.ends
+            && self.has_env == other.has_env
+            && self.has_plan == other.has_plan
+            && self.expires_at == other.expires_at
+            && self.revoked_at == other.revoked_at
+    }
+}
+
+impl Eq for CachedKey {}
 
 impl CachedKey {
     pub fn new(record: &KeyRecord) -> CachedKey {
@@ -90,7 +108,22 @@ impl CachedKey {
             has_plan: record.plan.is_some(),
             expires_at: record.expires_at,
             revoked_at: record.revoked_at,
+            last_noted: AtomicU64::new(record.last_used_at.unwrap_or(0)),
         }
+    }
+
+    /// A use at `now` (Unix seconds): true if a last-used write should be
+    /// queued, i.e. none was queued (nor stored) in the last
+    /// [`MIN_INTERVAL_S`](super::last_used::MIN_INTERVAL_S). True once per
+    /// minute however many requests race here; otherwise a single atomic
+    /// load, no lock (the request path calls this on every allowed request).
+    pub fn note_use(&self, now: u64) -> bool {
+        let last = self.last_noted.load(Ordering::Relaxed);
+        // 0: never used.
+        if last != 0 && last.saturating_add(super::last_used::MIN_INTERVAL_S) > now {
+            return false;
+        }
+        self.last_noted.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
     fn range(&self, field: Field) -> Range<usize> {
@@ -255,6 +288,19 @@ mod tests {
         assert_eq!(k.state(60), KeyState::Revoked);
         assert_eq!(k.state(59), r.state(59));
         assert_eq!(k.state(200), r.state(200));
+    }
+
+    #[test]
+    fn a_use_is_noted_at_most_once_a_minute_starting_from_the_stores_time() {
+        let mut r = record(); // last_used_at 50
+        let k = CachedKey::new(&r);
+        assert!(!k.note_use(100), "the store saw a use 50 s ago");
+        assert!(k.note_use(110));
+        assert!(!k.note_use(110), "one write per minute, however many requests");
+        assert!(!k.note_use(169));
+        assert!(k.note_use(170));
+        r.last_used_at = None;
+        assert!(CachedKey::new(&r).note_use(5), "never used: the first use is written");
     }
 
     #[test]
