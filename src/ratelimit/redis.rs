@@ -1,6 +1,6 @@
 //! The shared counters: one atomic Lua call (`script.lua`) per decision, for
 //! every window of the plan, over the key store's own Redis connection
-//! ([`RedisStore::eval_script`]: EVALSHA with the NOSCRIPT fallback, bounded
+//! ([`RedisStore::eval_script`]: a plain EVALSHA, EVAL on NOSCRIPT, bounded
 //! by `store.redis.timeout`, failing fast while Redis is down).
 //!
 //! # Counters
@@ -20,16 +20,17 @@
 //! reset and Retry-After with `window.rs`, the one implementation of that
 //! math. The admission itself is the script's (it is what was counted).
 
-use redis::{Script, Value};
+use redis::Value;
 use smallvec::SmallVec;
 
 use super::window::Counts;
 use super::{Decision, DecisionSource, PlanSpec};
+use crate::store::redis::LuaScript;
 use crate::store::{RedisStore, StoreError};
 
 /// The script, hashed once (EVALSHA uses the digest).
-static SCRIPT: std::sync::LazyLock<Script> =
-    std::sync::LazyLock::new(|| Script::new(include_str!("script.lua")));
+static SCRIPT: std::sync::LazyLock<LuaScript> =
+    std::sync::LazyLock::new(|| LuaScript::new(include_str!("script.lua")));
 
 /// What a `per_owner` window counts under: `owner:<owner>`.
 pub const OWNER_SUBJECT_PREFIX: &str = "owner:";
