@@ -1,6 +1,8 @@
 //! The shared rate-limit counters against a real, private `redis-server`
 //! (tests/support): exact limits across replicas sharing one Redis, the
 //! SPEC §4 counter keys and their TTLs, the script surviving a SCRIPT FLUSH,
+//! what one decision costs Redis (one EVALSHA: TIME, one MGET, one write per
+//! window), a corrupted counter refused,
 //! the request-path time budget, and `rate_limit.failure_mode` with Redis
 //! killed and restarted (SPEC §11). The semantics both limiters share are in
 //! `ratelimit_semantics.rs`.
@@ -9,11 +11,13 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyward::config::{Config, PlanConfig, RateLimitFailureMode, RedisConfig, WindowConfig};
 use keyward::ratelimit::{Decision, DecisionSource, LimitError, Limiter, PlanSpec};
+use keyward::store::redis::LuaScript;
 use keyward::store::{RedisStore, Store};
 use support::redis::RedisServer;
 
@@ -129,16 +133,131 @@ async fn counters_follow_the_spec_4_layout_and_carry_a_ttl_of_two_windows() {
     }
 }
 
+/// `INFO commandstats` as command -> (calls, failed calls). Commands a
+/// script runs are counted under their own names.
+fn command_calls(server: &RedisServer) -> HashMap<String, (u64, u64)> {
+    let info = server.cmd(&["INFO", "commandstats"]).expect("INFO");
+    let info = info.as_str().expect("INFO text").to_owned();
+    let mut calls = HashMap::new();
+    for line in info.lines() {
+        let Some((name, stats)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let stat = |field: &str| {
+            stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))
+                .map_or(0, |v| v.parse().expect("a count"))
+        };
+        calls.insert(name.to_owned(), (stat("calls"), stat("failed_calls")));
+    }
+    calls
+}
+
+fn calls_of(stats: &HashMap<String, (u64, u64)>, name: &str) -> u64 {
+    stats.get(name).map_or(0, |s| s.0)
+}
+
 #[tokio::test]
-async fn the_script_is_reloaded_after_a_script_flush() {
+async fn the_script_is_reloaded_after_a_script_flush_with_one_eval() {
     let server = RedisServer::start();
     let config = config(&server, RateLimitFailureMode::Closed, Duration::from_secs(2));
     let (limiter, _) = replica(&config).await;
     let p = plan("free", &[(60, 5)]);
+    let sha = LuaScript::new(include_str!("../src/ratelimit/script.lua")).sha1().to_owned();
     assert!(check(&limiter, &p, "key_flush").await.expect("decision").allowed);
+    let exists = |server: &RedisServer| {
+        server.cmd(&["SCRIPT", "EXISTS", &sha]).expect("SCRIPT EXISTS").as_array().expect("array")
+            [0]
+        .as_int()
+    };
+    assert_eq!(exists(&server), Some(1), "cached under the digest keyward computed");
+
     server.cmd(&["SCRIPT", "FLUSH"]).expect("SCRIPT FLUSH");
+    server.cmd(&["CONFIG", "RESETSTAT"]).expect("CONFIG RESETSTAT");
     let d = check(&limiter, &p, "key_flush").await.expect("NOSCRIPT falls back");
     assert_eq!((d.allowed, d.source, d.windows[0].remaining), (true, DecisionSource::Redis, 3));
+    // One EVALSHA refused with NOSCRIPT, then one EVAL, which cached it again.
+    let stats = command_calls(&server);
+    assert_eq!(stats.get("evalsha"), Some(&(1, 1)), "{stats:?}");
+    assert_eq!(calls_of(&stats, "eval"), 1, "{stats:?}");
+    assert_eq!(calls_of(&stats, "script|load"), 0, "{stats:?}");
+    assert_eq!(exists(&server), Some(1));
+
+    let d = check(&limiter, &p, "key_flush").await.expect("decision");
+    assert_eq!((d.allowed, d.windows[0].remaining), (true, 2));
+    let stats = command_calls(&server);
+    assert_eq!(stats.get("evalsha"), Some(&(2, 1)), "{stats:?}");
+    assert_eq!(calls_of(&stats, "eval"), 1, "{stats:?}");
+}
+
+/// The request path's one Redis call, from Redis's side (issue 7): TIME,
+/// ONE MGET for every window's two counters, and one write per window only
+/// when admitted (SET with its TTL for a new counter, INCR after that).
+#[tokio::test]
+async fn a_decision_is_one_evalsha_running_time_one_mget_and_one_write_per_window() {
+    let server = RedisServer::start();
+    let config = config(&server, RateLimitFailureMode::Closed, Duration::from_secs(2));
+    let (limiter, _) = replica(&config).await;
+    let p = plan("cost", &[(3_600, 2), (60, 100)]);
+    // Loads the script (NOSCRIPT, EVAL) outside the counted calls.
+    check(&limiter, &p, "key_warm").await.expect("decision");
+    // Keep the three decisions inside one hour bucket.
+    while redis_secs(&server) % 3_600 >= 3_590 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let expect = |stats: &HashMap<String, (u64, u64)>, wanted: [(&str, u64); 6]| {
+        for (name, calls) in wanted {
+            assert_eq!(calls_of(stats, name), calls, "{name}: {stats:?}");
+        }
+        let failed: u64 = stats.values().map(|s| s.1).sum();
+        assert_eq!(failed, 0, "{stats:?}");
+    };
+
+    server.cmd(&["CONFIG", "RESETSTAT"]).expect("CONFIG RESETSTAT");
+    assert!(check(&limiter, &p, "key_cost").await.expect("decision").allowed);
+    let stats = command_calls(&server);
+    expect(
+        &stats,
+        [("evalsha", 1), ("time", 1), ("mget", 1), ("set", 2), ("incr", 0), ("expire", 0)],
+    );
+
+    server.cmd(&["CONFIG", "RESETSTAT"]).expect("CONFIG RESETSTAT");
+    assert!(check(&limiter, &p, "key_cost").await.expect("decision").allowed);
+    let stats = command_calls(&server);
+    expect(
+        &stats,
+        [("evalsha", 1), ("time", 1), ("mget", 1), ("set", 0), ("incr", 2), ("expire", 0)],
+    );
+
+    // Refused: read, nothing written.
+    server.cmd(&["CONFIG", "RESETSTAT"]).expect("CONFIG RESETSTAT");
+    assert!(!check(&limiter, &p, "key_cost").await.expect("decision").allowed);
+    let stats = command_calls(&server);
+    expect(
+        &stats,
+        [("evalsha", 1), ("time", 1), ("mget", 1), ("set", 0), ("incr", 0), ("expire", 0)],
+    );
+}
+
+#[tokio::test]
+async fn a_counter_that_is_not_a_number_is_a_store_error_not_a_decision() {
+    let server = RedisServer::start();
+    let config = config(&server, RateLimitFailureMode::Closed, Duration::from_secs(2));
+    let (limiter, _) = replica(&config).await;
+    let p = plan("free", &[(3_600, 5)]);
+    // This hour's and the next: whichever is current, its counter or the
+    // previous one is garbage.
+    let bucket = redis_secs(&server) / 3_600;
+    let base = format!("{PREFIX}rl:{{key_junk}}:free:3600:");
+    for b in [bucket, bucket + 1] {
+        server.cmd(&["SET", &format!("{base}{b}"), "junk"]).expect("SET");
+    }
+    assert_eq!(check(&limiter, &p, "key_junk").await, Err(LimitError::Unavailable));
+    assert_eq!(server.get(&format!("{base}{bucket}")).as_deref(), Some("junk"), "not overwritten");
+    // Other subjects are unaffected.
+    assert!(check(&limiter, &p, "key_clean").await.expect("decision").allowed);
 }
 
 #[tokio::test]

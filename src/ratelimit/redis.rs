@@ -1,6 +1,6 @@
 //! The shared counters: one atomic Lua call (`script.lua`) per decision, for
 //! every window of the plan, over the key store's own Redis connection
-//! ([`RedisStore::eval_script`]: EVALSHA with the NOSCRIPT fallback, bounded
+//! ([`RedisStore::eval_script`]: a plain EVALSHA, EVAL on NOSCRIPT, bounded
 //! by `store.redis.timeout`, failing fast while Redis is down).
 //!
 //! # Counters
@@ -15,21 +15,31 @@
 //! a key it derives rather than declares: same hash tag, same slot.
 //!
 //! # Reply
-//! The script returns the server time and every window's counters as they
-//! were before this request; [`Decision::from_counts`] derives remaining,
-//! reset and Retry-After with `window.rs`, the one implementation of that
-//! math. The admission itself is the script's (it is what was counted).
+//! One bulk string, `"<allowed 1|0> <unix_s> <micros> <cur_1> <prev_1> …"`:
+//! the admission, the server time as `TIME` gave it, and every window's
+//! counters as they were before this request. [`parse_reply`] reads it
+//! (anything else is a `StoreError::Invalid`, never a panic), and
+//! [`Decision::from_counts`] derives remaining, reset and Retry-After with
+//! `window.rs`, the one implementation of that math. The admission itself
+//! is the script's (it is what was counted).
+//!
+//! A string rather than an array of integers because this is the request
+//! path's one Redis call: redis-rs's general reply parser spends a few
+//! thousand instructions on a six-element array, and Redis a microsecond
+//! converting the Lua table (see `script.lua`); splitting one short string
+//! on spaces costs neither. `benches/ratelimit.rs` measures both shapes.
 
-use redis::{Script, Value};
+use redis::Value;
 use smallvec::SmallVec;
 
 use super::window::Counts;
 use super::{Decision, DecisionSource, PlanSpec};
+use crate::store::redis::LuaScript;
 use crate::store::{RedisStore, StoreError};
 
 /// The script, hashed once (EVALSHA uses the digest).
-static SCRIPT: std::sync::LazyLock<Script> =
-    std::sync::LazyLock::new(|| Script::new(include_str!("script.lua")));
+static SCRIPT: std::sync::LazyLock<LuaScript> =
+    std::sync::LazyLock::new(|| LuaScript::new(include_str!("script.lua")));
 
 /// What a `per_owner` window counts under: `owner:<owner>`.
 pub const OWNER_SUBJECT_PREFIX: &str = "owner:";
@@ -81,29 +91,62 @@ pub(crate) fn counter_base(
     key
 }
 
-/// `{allowed, now_ms, cur_1, prev_1, …}` → whether it was admitted and each
-/// window's counts before it; `None` for any other shape.
-fn parse_reply(plan: &PlanSpec, reply: &Value) -> Option<(bool, SmallVec<[Counts; 4]>)> {
-    let Value::Array(items) = reply else { return None };
-    let int = |i: usize| match items.get(i) {
-        Some(Value::Int(v)) => u64::try_from(*v).ok(),
-        _ => None,
+/// The script's reply, `"<allowed 1|0> <unix_s> <micros> <cur_1> <prev_1> …"`
+/// with exactly two counts per window of `plan`, → whether it was admitted
+/// and each window's counts before it; `None` for anything else (another
+/// type, a missing or extra field, a field that is not a plain decimal
+/// `u64`, more than 999 999 micros).
+pub fn parse_reply(plan: &PlanSpec, reply: &Value) -> Option<(bool, SmallVec<[Counts; 4]>)> {
+    let Value::BulkString(bytes) = reply else { return None };
+    let fields = parse_fields(bytes)?;
+    let [allowed, unix_s, micros, counters @ ..] = fields.as_slice() else { return None };
+    let allowed = match allowed {
+        0 => false,
+        1 => true,
+        _ => return None,
     };
-    if items.len() != 2 + 2 * plan.windows.len() {
+    if *micros >= 1_000_000 || counters.len() != 2 * plan.windows.len() {
         return None;
     }
-    let allowed = int(0)? == 1;
-    let now_ms = int(1)?;
-    let mut counts = SmallVec::with_capacity(plan.windows.len());
-    for (i, w) in plan.windows.iter().enumerate() {
-        let length_ms = w.seconds.saturating_mul(super::window::MS_PER_SEC).max(1);
-        counts.push(Counts {
-            current: int(2 + 2 * i)?,
-            previous: int(3 + 2 * i)?,
-            elapsed_ms: now_ms % length_ms,
-        });
-    }
+    let now_ms = unix_s.checked_mul(super::window::MS_PER_SEC)?.checked_add(micros / 1000)?;
+    let counts = plan
+        .windows
+        .iter()
+        .zip(counters.chunks_exact(2))
+        .map(|(w, c)| {
+            let length_ms = w.seconds.saturating_mul(super::window::MS_PER_SEC).max(1);
+            Counts { current: c[0], previous: c[1], elapsed_ms: now_ms % length_ms }
+        })
+        .collect();
     Some((allowed, counts))
+}
+
+/// Space-separated plain decimal `u64`s: digits only (no sign), one space
+/// between fields, none empty, none overflowing.
+fn parse_fields(bytes: &[u8]) -> Option<SmallVec<[u64; 12]>> {
+    let mut fields = SmallVec::new();
+    let (mut value, mut digits) = (0u64, 0usize);
+    for &b in bytes {
+        if b == b' ' {
+            if digits == 0 {
+                return None;
+            }
+            fields.push(value);
+            (value, digits) = (0, 0);
+        } else {
+            let digit = b.wrapping_sub(b'0');
+            if digit > 9 {
+                return None;
+            }
+            value = value.checked_mul(10)?.checked_add(u64::from(digit))?;
+            digits += 1;
+        }
+    }
+    if digits == 0 {
+        return None;
+    }
+    fields.push(value);
+    Some(fields)
 }
 
 #[cfg(test)]
@@ -137,22 +180,81 @@ mod tests {
         assert_eq!(base(0, None), "kw:rl:{key_1}:free:60");
     }
 
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
     #[test]
     fn the_reply_gives_counts_before_the_request_and_elapsed_per_window() {
         let p = plan();
-        let reply = Value::Array(vec![
-            Value::Int(1),
-            Value::Int(1_700_000_012_345),
-            Value::Int(7),
-            Value::Int(3),
-            Value::Int(2),
-            Value::Int(0),
-        ]);
-        let (allowed, counts) = parse_reply(&p, &reply).expect("parses");
+        let (allowed, counts) =
+            parse_reply(&p, &bulk("1 1700000012 345999 7 3 2 0")).expect("parses");
         assert!(allowed);
         assert_eq!(counts[0], Counts { current: 7, previous: 3, elapsed_ms: 32_345 });
         assert_eq!(counts[1], Counts { current: 2, previous: 0, elapsed_ms: 345 });
-        assert!(parse_reply(&p, &Value::Array(vec![Value::Int(1)])).is_none());
-        assert!(parse_reply(&p, &Value::Nil).is_none());
+        let (allowed, _) = parse_reply(&p, &bulk("0 1700000012 0 100 0 0 0")).expect("parses");
+        assert!(!allowed);
+    }
+
+    #[test]
+    fn malformed_replies_are_refused_not_panicked_on() {
+        let p = plan();
+        let refused = [
+            "",
+            " ",
+            "1",
+            "1 1700000012 345999 7 3 2",     // a count short
+            "1 1700000012 345999 7 3 2 0 9", // a count too many
+            "2 1700000012 345999 7 3 2 0",   // allowed is 1 or 0
+            "1 1700000012 1000000 7 3 2 0",  // micros < 10^6
+            "1 18446744073709552 0 7 3 2 0", // unix_s × 1000 overflows
+            "1 1700000012 345999 18446744073709551616 3 2 0",
+            "1 1700000012 345999 -7 3 2 0",
+            "1 1700000012 345999 +7 3 2 0",
+            "1 1700000012 345999 7.0 3 2 0",
+            "1 1700000012 345999 abc 3 2 0",
+            "1  1700000012 345999 7 3 2 0",
+            " 1 1700000012 345999 7 3 2 0",
+            "1 1700000012 345999 7 3 2 0 ",
+            "1 1700000012 345999 7 3 2 0\r\n",
+            "1\t1700000012 345999 7 3 2 0",
+        ];
+        for reply in refused {
+            assert!(parse_reply(&p, &bulk(reply)).is_none(), "{reply:?} parsed");
+        }
+        // The old shape and other types are refused too.
+        let array = Value::Array(vec![Value::Int(1), Value::Int(1_700_000_012_345)]);
+        for reply in [array, Value::Nil, Value::Int(1), Value::SimpleString("1 2 3 4 5 6 7".into())]
+        {
+            assert!(parse_reply(&p, &reply).is_none(), "{reply:?} parsed");
+        }
+        assert_eq!(parse_fields(b"18446744073709551615 0").as_deref(), Some(&[u64::MAX, 0][..]));
+    }
+
+    proptest::proptest! {
+        /// Whatever Redis (or something in its place) answers, parsing
+        /// returns; it never panics.
+        #[test]
+        fn any_bytes_parse_or_are_refused(bytes in proptest::collection::vec(
+            proptest::sample::select(b"0123456789 -+x".to_vec()), 0..48,
+        )) {
+            let _ = parse_reply(&plan(), &Value::BulkString(bytes));
+        }
+
+        /// Every well-formed reply reads back as written.
+        #[test]
+        fn well_formed_replies_read_back(
+            allowed: bool,
+            unix_s in 0..u64::MAX / 1000,
+            micros in 0..1_000_000u64,
+            c in proptest::array::uniform4(proptest::num::u64::ANY),
+        ) {
+            let reply = format!("{} {unix_s} {micros} {} {} {} {}", u8::from(allowed), c[0], c[1], c[2], c[3]);
+            let (got, counts) = parse_reply(&plan(), &bulk(&reply)).expect("parses");
+            let now_ms = unix_s * 1000 + micros / 1000;
+            proptest::prop_assert_eq!(got, allowed);
+            proptest::prop_assert_eq!(counts[0], Counts { current: c[0], previous: c[1], elapsed_ms: now_ms % 60_000 });
+            proptest::prop_assert_eq!(counts[1], Counts { current: c[2], previous: c[3], elapsed_ms: now_ms % 1_000 });
+        }
     }
 }

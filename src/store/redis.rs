@@ -39,7 +39,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, ErrorKind, FromRedisValue, RedisError, RedisResult, Script};
+use ::redis::{Client, Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, Script};
 use arc_swap::ArcSwapOption;
 use rand::Rng;
 use tokio::sync::{watch, Notify};
@@ -179,6 +179,41 @@ for i, key in ipairs(KEYS) do
 end
 return 0
 ";
+
+/// A Lua script for [`RedisStore::eval_script`]: its source and its SHA-1
+/// digest (what `EVALSHA` names it by), computed once.
+#[derive(Debug, Clone)]
+pub struct LuaScript {
+    source: &'static str,
+    sha1: String,
+}
+
+impl LuaScript {
+    pub fn new(source: &'static str) -> LuaScript {
+        LuaScript { source, sha1: Script::new(source).get_hash().to_owned() }
+    }
+
+    /// The hex SHA-1 digest, as `SCRIPT LOAD` would return it.
+    pub fn sha1(&self) -> &str {
+        &self.sha1
+    }
+}
+
+/// `<verb> <script> <numkeys> <keys…> <args…>` in one buffer sized up front.
+fn script_cmd(verb: &str, script: &[u8], keys: &[String], args: &[u64]) -> Cmd {
+    let key_bytes: usize = keys.iter().map(String::len).sum();
+    // u64::MAX has 20 digits; numkeys is a few.
+    let size = verb.len() + script.len() + 4 + key_bytes + 20 * args.len();
+    let mut cmd = Cmd::with_capacity(3 + keys.len() + args.len(), size);
+    cmd.arg(verb).arg(script).arg(keys.len());
+    for key in keys {
+        cmd.arg(key.as_bytes());
+    }
+    for arg in args {
+        cmd.arg(*arg);
+    }
+    cmd
+}
 
 impl RedisStore {
     /// Starts the store and its background connect; never waits for the
@@ -332,28 +367,39 @@ impl RedisStore {
 
     /// Runs a rate-limit script (`src/ratelimit/redis.rs`) over the key
     /// store's connection, under the same rules as `get`: fail fast while
-    /// down, bounded by `store.redis.timeout`, EVALSHA with the NOSCRIPT
-    /// fallback of [`Script`]. Added for the limiter so it shares this
-    /// connection and its outage handling instead of keeping its own.
+    /// down, bounded by `store.redis.timeout`. Added for the limiter so it
+    /// shares this connection and its outage handling instead of keeping
+    /// its own.
+    ///
+    /// One plain `EVALSHA <sha1> <numkeys> <keys…> <args…>` command, and on
+    /// `NOSCRIPT` (a restarted or flushed Redis) one `EVAL` of the source,
+    /// which also caches the script again: the first call after a flush
+    /// costs one extra round trip, the others none. (redis-rs's
+    /// `Script::invoke_async` would copy every key and argument into its
+    /// own buffers first, then recover with `SCRIPT LOAD` and a second
+    /// `EVALSHA`; this is the request path's only Redis call.)
     ///
     /// `run` retries once when the connection broke under the call; for a
     /// counting script a lost *reply* can then count one request twice,
     /// which errs on the safe side and needs a connection drop to happen.
     pub async fn eval_script<T: FromRedisValue>(
         &self,
-        script: &Script,
+        script: &LuaScript,
         keys: &[String],
         args: &[u64],
     ) -> Result<T, StoreError> {
+        let evalsha = script_cmd("EVALSHA", script.sha1.as_bytes(), keys, args);
         self.run(Op::RateLimit, |mut c| {
-            let mut call = script.prepare_invoke();
-            for key in keys {
-                call.key(key);
+            let evalsha = &evalsha;
+            async move {
+                match evalsha.query_async(&mut c).await {
+                    Err(e) if e.kind() == ErrorKind::NoScriptError => {
+                        let eval = script_cmd("EVAL", script.source.as_bytes(), keys, args);
+                        eval.query_async(&mut c).await
+                    }
+                    other => other,
+                }
             }
-            for arg in args {
-                call.arg(*arg);
-            }
-            async move { call.invoke_async(&mut c).await }
         })
         .await
     }
