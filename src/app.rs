@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use crate::auth::keyring::Keyring;
 use crate::clock;
 use crate::config::{Config, ConfigErrors, Overrides, StoreKind};
+use crate::mgmt::Management;
 use crate::proxy::{forward, Proxy};
 use crate::ratelimit::Limiter;
 use crate::runtime::{Runtime, RuntimeError};
@@ -140,8 +141,15 @@ pub async fn run(
 
     // X-Forwarded-Proto (SPEC §6): how clients reach this listener.
     let proto = if acceptor.is_some() { "https" } else { "http" };
-    let proxy =
-        Arc::new(Proxy::new(runtime.clone(), client, metrics.clone(), keyring.clone(), proto));
+    let management = Arc::new(Management::new());
+    let proxy = Arc::new(Proxy::new(
+        runtime.clone(),
+        client,
+        metrics.clone(),
+        keyring.clone(),
+        proto,
+        management.clone(),
+    ));
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         ready: false.into(),
@@ -157,7 +165,12 @@ pub async fn run(
     let (stop_admin, admin_stopped) = watch::channel(false);
     let (stop_background, background_stopped) = watch::channel(false);
     let mut background = vec![
-        tokio::spawn(flush_last_used(keyring.clone(), metrics.clone(), background_stopped.clone())),
+        tokio::spawn(flush_last_used(
+            keyring.clone(),
+            management.clone(),
+            metrics.clone(),
+            background_stopped.clone(),
+        )),
         tokio::spawn(watch_store(keyring.clone(), metrics.clone(), background_stopped.clone())),
     ];
     if let Some(sub) = subscribe(&config, &keyring, &metrics, background_stopped) {
@@ -335,10 +348,11 @@ const STARTUP_STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(2
 /// How often pending last-used times are written.
 const LAST_USED_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Writes coalesced last-used times off the request path, and once more at
-/// shutdown.
+/// Writes coalesced last-used times and usage counts (SPEC §8) off the
+/// request path, and once more at shutdown.
 async fn flush_last_used(
     keyring: Arc<Keyring>,
+    management: Arc<Management>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -352,6 +366,15 @@ async fn flush_last_used(
             if let Err(e) = keyring.store.touch_last_used(&batch).await {
                 metrics.store_errors.with_label_values(&["touch"]).inc();
                 warn!(error = %e, keys = batch.len(), "could not record last-used times");
+            }
+        }
+        let usage = management.usage.drain();
+        if !usage.is_empty() {
+            if let Err(e) = keyring.store.add_usage(&usage).await {
+                metrics.store_errors.with_label_values(&["usage"]).inc();
+                warn!(error = %e, counts = usage.len(), "could not record usage counts; retrying at the next flush");
+                // Kept for the next flush rather than lost to an outage.
+                management.usage.restore(usage);
             }
         }
         if stopping {

@@ -15,6 +15,7 @@
 //! - [`routes`]: path normal form, the compiled route table, scope grants, explain.
 //! - [`auth`]: credential extraction, the key format and its checksum, the keyring (cache + store).
 //! - [`store`]: key records, the Redis and memory stores, the cache, invalidation events, last-used.
+//! - [`mgmt`]: the management API (SPEC §8): keys managing keys under `management_api.path_prefix`.
 //! - [`demo`]: `keyward demo`.
 //! - [`telemetry`]: Prometheus collectors and logging.
 //! - [`app`]: wiring, signals, reload. [`cli`]: the command line.
@@ -34,6 +35,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod mgmt;
 pub mod proxy;
 pub mod ratelimit;
 pub mod routes;

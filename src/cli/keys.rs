@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::auth::key::{display_prefix, new_key_id, KeyFormat};
 use crate::clock;
-use crate::config::{self, is_valid_scope, Config};
+use crate::config::{self, Config};
+use crate::store::lifecycle::{self, Actor, KeyView, LifecycleError, Minted, NewKey};
 use crate::store::time::{format_rfc3339, parse_rfc3339};
 use crate::store::{KeyHash, KeyRecord, KeyStore, Store, StoreError};
 
@@ -105,75 +106,26 @@ impl From<StoreError> for KeysError {
     }
 }
 
-/// The `--json` shape of `keys create` / `keys rotate` (SPEC §1).
-#[derive(Serialize)]
-struct Minted<'a> {
-    id: &'a str,
-    key: &'a str,
-    name: &'a str,
-    owner: &'a str,
-    scopes: &'a [String],
-    env: Option<&'a str>,
-    plan: Option<&'a str>,
-    created_at: String,
-    expires_at: Option<String>,
-}
-
-/// A record as listings show it: never a secret.
-#[derive(Serialize)]
-struct Listed<'a> {
-    id: &'a str,
-    display_prefix: &'a str,
-    name: &'a str,
-    owner: &'a str,
-    scopes: &'a [String],
-    env: Option<&'a str>,
-    plan: Option<&'a str>,
-    created_at: String,
-    expires_at: Option<String>,
-    last_used_at: Option<String>,
-    revoked_at: Option<String>,
-    description: Option<&'a str>,
-    status: &'static str,
-}
-
-fn listed(r: &KeyRecord, now: u64) -> Listed<'_> {
-    Listed {
-        id: &r.id,
-        display_prefix: &r.display_prefix,
-        name: &r.name,
-        owner: &r.owner,
-        scopes: &r.scopes,
-        env: r.env.as_deref(),
-        plan: r.plan.as_deref(),
-        created_at: format_rfc3339(r.created_at),
-        expires_at: r.expires_at.map(format_rfc3339),
-        last_used_at: r.last_used_at.map(format_rfc3339),
-        revoked_at: r.revoked_at.map(format_rfc3339),
-        description: r.description.as_deref(),
-        status: r.state(now).as_str(),
+/// A lifecycle refusal as a CLI error, naming the flag at fault.
+fn refused(e: LifecycleError) -> KeysError {
+    match e {
+        LifecycleError::Invalid(i) => usage(format!("--{}: {}", flag_of(i.field), i.message)),
+        LifecycleError::NotActive { .. } => usage(e.to_string()),
+        LifecycleError::Store(e) => e.into(),
     }
+}
+
+/// The flag that sets a `NewKey` field.
+fn flag_of(field: &str) -> String {
+    field.replace('_', "-")
 }
 
 fn check_scopes(scopes: &[String]) -> Result<(), KeysError> {
-    for s in scopes {
-        if !is_valid_scope(s) {
-            return Err(usage(format!(
-                "--scopes: {s:?} is not a valid scope (lowercase letters, digits, _ . - and : separators, like jobs:read)"
-            )));
-        }
-    }
-    Ok(())
+    lifecycle::check_scopes(scopes).map_err(|m| usage(format!("--scopes: {m}")))
 }
 
 fn check_plan(config: &Config, plan: Option<&str>) -> Result<(), KeysError> {
-    match plan {
-        Some(p) if !config.plans.contains_key(p) => {
-            let known: Vec<&str> = config.plans.keys().map(String::as_str).collect();
-            Err(usage(format!("--plan: unknown plan {p:?}; known plans: {}", known.join(", "))))
-        }
-        _ => Ok(()),
-    }
+    lifecycle::check_plan(config, plan).map_err(|m| usage(format!("--plan: {m}")))
 }
 
 /// Runs one `keys` subcommand against `store`; output goes to stdout.
@@ -188,12 +140,6 @@ pub async fn run(config: &Config, store: &Store, cmd: KeysCommand) -> Result<(),
     match cmd {
         KeysCommand::Hash { .. } => Ok(()),
         KeysCommand::Create(a) => {
-            check_scopes(&a.scopes)?;
-            check_plan(config, a.plan.as_deref())?;
-            let env = match (&a.env, config.keys.environments.first()) {
-                (Some(e), _) => Some(e.clone()),
-                (None, first) => first.cloned(),
-            };
             let expires_at = match (a.expires_in, &a.expires_at) {
                 (Some(d), _) => Some(now + d.as_secs()),
                 (None, Some(s)) => Some(parse_rfc3339(s).ok_or_else(|| {
@@ -203,32 +149,24 @@ pub async fn run(config: &Config, store: &Store, cmd: KeysCommand) -> Result<(),
                 })?),
                 (None, None) => None,
             };
-            if expires_at.is_some_and(|t| t <= now) {
-                return Err(usage("--expires-at: the expiry is in the past"));
-            }
-            let key = format.generate(env.as_deref()).map_err(|e| usage(format!("--env: {e}")))?;
-            let record = KeyRecord {
-                id: new_key_id(),
+            let mut new = NewKey {
                 name: a.name,
                 owner: a.owner,
-                env,
                 scopes: a.scopes,
+                env: a.env,
                 plan: a.plan,
-                created_at: now,
                 expires_at,
-                revoked_at: None,
                 description: a.description,
-                display_prefix: display_prefix(&key),
-                last_used_at: None,
             };
-            store.insert(&KeyHash::of(&key), &record).await?;
-            tracing::info!(event = "key.created", key_id = %record.id, owner = %record.owner, display_prefix = %record.display_prefix, "key.created");
-            print_minted(&key, &record, a.json);
+            lifecycle::check_new(config, &mut new, now).map_err(|i| refused(i.into()))?;
+            let minted =
+                lifecycle::create(store, &format, new, now, Actor::Cli).await.map_err(refused)?;
+            print_minted(&minted, a.json);
             Ok(())
         }
         KeysCommand::List { owner, json } => {
             let all = store.list(owner.as_deref()).await?;
-            let rows: Vec<Listed<'_>> = all.iter().map(|(_, r)| listed(r, now)).collect();
+            let rows: Vec<KeyView<'_>> = all.iter().map(|(_, r)| lifecycle::view(r, now)).collect();
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
             } else {
@@ -241,7 +179,9 @@ pub async fn run(config: &Config, store: &Store, cmd: KeysCommand) -> Result<(),
                 .get_by_id(&id)
                 .await?
                 .ok_or_else(|| usage(format!("no key with id {id:?}")))?;
-            let row = listed(&r, now);
+            let mut row = lifecycle::view(&r, now);
+            // Counts not yet flushed by a running keyward are not included.
+            row.usage = Some(lifecycle::usage(store, &r.id, now, &[]).await?);
             if json {
                 println!("{}", serde_json::to_string_pretty(&row).unwrap_or_default());
             } else {
@@ -250,8 +190,7 @@ pub async fn run(config: &Config, store: &Store, cmd: KeysCommand) -> Result<(),
             Ok(())
         }
         KeysCommand::Revoke { id } => {
-            let r = store.revoke(&id, now).await?;
-            tracing::info!(event = "key.revoked", key_id = %r.id, owner = %r.owner, display_prefix = %r.display_prefix, "key.revoked");
+            let r = lifecycle::revoke(store, &id, now, Actor::Cli).await?;
             println!("revoked {} ({}, owner {})", r.id, r.display_prefix, r.owner);
             Ok(())
         }
@@ -260,35 +199,12 @@ pub async fn run(config: &Config, store: &Store, cmd: KeysCommand) -> Result<(),
                 .get_by_id(&id)
                 .await?
                 .ok_or_else(|| usage(format!("no key with id {id:?}")))?;
-            if old.state(now) != crate::store::KeyState::Active {
-                return Err(usage(format!(
-                    "key {id} is {}; only active keys can be rotated",
-                    old.state(now).as_str()
-                )));
-            }
-            let key = format.generate(old.env.as_deref()).map_err(|e| usage(e.to_string()))?;
-            let successor = KeyRecord {
-                id: new_key_id(),
-                created_at: now,
-                display_prefix: display_prefix(&key),
-                last_used_at: None,
-                revoked_at: None,
-                ..old.clone()
-            };
-            store.insert(&KeyHash::of(&key), &successor).await?;
-            let old_expiry = now + grace.as_secs();
-            let keep = old.expires_at.is_some_and(|t| t <= old_expiry);
-            if !keep {
-                store.set_expires_at(&old.id, Some(old_expiry)).await?;
-            }
-            tracing::info!(event = "key.rotated", key_id = %old.id, successor_id = %successor.id, owner = %old.owner, grace_s = grace.as_secs(), "key.rotated");
-            print_minted(&key, &successor, json);
+            let rotated = lifecycle::rotate(store, &format, &old, grace.as_secs(), now, Actor::Cli)
+                .await
+                .map_err(refused)?;
+            print_minted(&rotated.successor, json);
             if !json {
-                println!(
-                    "old key {} expires {}",
-                    old.id,
-                    format_rfc3339(old_expiry.min(old.expires_at.unwrap_or(u64::MAX)))
-                );
+                println!("old key {} expires {}", old.id, format_rfc3339(rotated.old_expires_at));
             }
             Ok(())
         }
@@ -296,22 +212,12 @@ pub async fn run(config: &Config, store: &Store, cmd: KeysCommand) -> Result<(),
     }
 }
 
-fn print_minted(key: &str, r: &KeyRecord, json: bool) {
+fn print_minted(minted: &Minted, json: bool) {
     if json {
-        let m = Minted {
-            id: &r.id,
-            key,
-            name: &r.name,
-            owner: &r.owner,
-            scopes: &r.scopes,
-            env: r.env.as_deref(),
-            plan: r.plan.as_deref(),
-            created_at: format_rfc3339(r.created_at),
-            expires_at: r.expires_at.map(format_rfc3339),
-        };
-        println!("{}", serde_json::to_string(&m).unwrap_or_default());
+        println!("{}", serde_json::to_string(&minted.view()).unwrap_or_default());
     } else {
-        println!("{key}");
+        let r = &minted.record;
+        println!("{}", minted.key);
         println!();
         println!("id:      {}", r.id);
         println!("owner:   {}", r.owner);
@@ -323,7 +229,7 @@ fn print_minted(key: &str, r: &KeyRecord, json: bool) {
     }
 }
 
-fn print_table(rows: &[Listed<'_>]) {
+fn print_table(rows: &[KeyView<'_>]) {
     println!(
         "{:<24} {:<13} {:<20} {:<16} {:<8} {:<8} {:<20} {:<20} {:<20} SCOPES",
         "ID", "PREFIX", "NAME", "OWNER", "PLAN", "STATUS", "CREATED", "EXPIRES", "LAST USED"
@@ -345,7 +251,7 @@ fn print_table(rows: &[Listed<'_>]) {
     }
 }
 
-fn print_record(r: &Listed<'_>) {
+fn print_record(r: &KeyView<'_>) {
     println!("id:             {}", r.id);
     println!("display prefix: {}", r.display_prefix);
     println!("name:           {}", r.name);
@@ -362,6 +268,11 @@ fn print_record(r: &Listed<'_>) {
     }
     if let Some(d) = r.description {
         println!("description:    {d}");
+    }
+    if let Some(days) = &r.usage {
+        let shown: Vec<String> =
+            days.iter().map(|d| format!("{} {}", &d.date[5..], d.requests)).collect();
+        println!("requests/day:   {} (UTC, last {} days)", shown.join(", "), days.len());
     }
 }
 

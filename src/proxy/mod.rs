@@ -39,6 +39,7 @@ use crate::auth::key::display_prefix;
 use crate::auth::keyring::{Found, Keyring};
 use crate::clock;
 use crate::config::{AuthMode, LimitBy, Mode, RouteRateLimit};
+use crate::mgmt::{self, Management};
 use crate::ratelimit::{Decision, LimitError, PlanSpec};
 use crate::routes::{self, Route};
 use crate::runtime::Runtime;
@@ -63,6 +64,8 @@ pub struct Proxy {
     keyring: Arc<Keyring>,
     /// `http` or `https`: how clients reach this listener.
     proto: &'static str,
+    /// The management API's state, and per-key usage counts (SPEC §8).
+    mgmt: Arc<Management>,
 }
 
 /// What the request path learnt about the caller, for the finish phase's
@@ -79,6 +82,8 @@ struct Caller {
     limit: Option<(Decision, Arc<PlanSpec>)>,
     /// First 12 characters of a well-formed but unknown key.
     display_prefix: Option<String>,
+    /// A management API call: its endpoint pattern, the route label.
+    management: Option<String>,
 }
 
 /// Who the upstream is told the caller is (SPEC §6).
@@ -106,8 +111,9 @@ impl Proxy {
         metrics: Arc<Metrics>,
         keyring: Arc<Keyring>,
         proto: &'static str,
+        mgmt: Arc<Management>,
     ) -> Proxy {
-        Proxy { runtime, client, metrics, keyring, proto }
+        Proxy { runtime, client, metrics, keyring, proto, mgmt }
     }
 
     /// Handles one request from `peer` to the end: never fails, never panics
@@ -124,12 +130,19 @@ impl Proxy {
         let result = self.phases(&rt, req, peer, &request_id, &mut caller, started).await;
         let rid = request_id.to_str().unwrap_or_default();
         let route = caller.route.and_then(|i| rt.routes.routes().get(i));
-        let route_label = route.map_or(UNMATCHED, |r| r.path.as_str());
+        let route_label = caller
+            .management
+            .as_deref()
+            .unwrap_or_else(|| route.map_or(UNMATCHED, |r| r.path.as_str()));
         if let Some(deny) = &caller.observed {
             self.audit(rid, route_label, deny, &caller, peer, true);
         }
         let (mut resp, outcome) = match result {
             Ok(resp) if caller.observed.is_some() => (resp, Outcome::ObservedDeny),
+            Ok(resp) if caller.management.is_some() => {
+                let outcome = mgmt::outcome(resp.status());
+                (resp, outcome)
+            }
             Ok(resp) => (resp, Outcome::Allowed),
             Err(deny) => {
                 if deny.is_auth_denial() {
@@ -221,6 +234,12 @@ impl Proxy {
             let path =
                 routes::normalise(req.uri().path(), rt.config.limits.allow_semicolon_in_path)
                     .map_err(|r| Deny::PathRejected(r.detail()))?;
+            // The management API (SPEC §8) is keyward's own: answered here,
+            // never routed or forwarded.
+            if let Some(rest) = mgmt::under_prefix(&rt.config.management_api, path.as_str()) {
+                let call = mgmt::resolve(req.method(), rest);
+                return self.management(rt, req, call, peer, request_id, caller, started).await;
+            }
             // 2. route: the most specific route, or deny by default.
             rt.routes.find(req.method(), &path)
         };
@@ -241,10 +260,56 @@ impl Proxy {
         if let Some(route) = route {
             self.limit(rt, &req, route, &identity, peer, caller).await?;
         }
+        if let Identity::Key { record, .. } = &identity {
+            self.mgmt.usage.count(record.id(), clock::unix_seconds());
+        }
         self.metrics.auth_duration.observe(started.elapsed().as_secs_f64());
 
         // 8. forward.
         self.forward(rt, req, peer, request_id, &identity).await
+    }
+
+    /// A management API call (SPEC §8): 404/405 for what is no endpoint,
+    /// then phases 3–7 as for any request, with the endpoint's scope as the
+    /// route's (a denial is enforced even in observe mode: this is
+    /// keyward's own API), then `mgmt` answers. Nothing is forwarded.
+    #[allow(clippy::too_many_arguments)]
+    async fn management(
+        &self,
+        rt: &Runtime,
+        req: Request<Incoming>,
+        call: mgmt::Call,
+        peer: &Peer,
+        request_id: &HeaderValue,
+        caller: &mut Caller,
+        started: Instant,
+    ) -> Result<Response<ProxyBody>, Deny> {
+        let label = call.label(&rt.config.management_api.path_prefix);
+        caller.management = Some(label.clone());
+        let rid = request_id.to_str().unwrap_or_default();
+        let endpoint = match call {
+            mgmt::Call::Endpoint(endpoint) => endpoint,
+            refused => return Ok(refused.refusal(rid).unwrap_or_default().map(Either::Right)),
+        };
+        let route = endpoint.route(label);
+        let identity = self.decide(rt, &req, Some(&route), caller, started).await?;
+        self.limit(rt, &req, &route, &identity, peer, caller).await?;
+        self.metrics.auth_duration.observe(started.elapsed().as_secs_f64());
+        let Identity::Key { record, .. } = identity else {
+            return Err(Deny::MissingCredentials);
+        };
+        self.mgmt.usage.count(record.id(), clock::unix_seconds());
+        let query = req.uri().query().map(str::to_owned);
+        let cx = mgmt::Caller {
+            rt,
+            keyring: &self.keyring,
+            key: &record,
+            limit: caller.limit.as_ref(),
+            query: query.as_deref(),
+            request_id: rid,
+        };
+        let resp = self.mgmt.handle(cx, endpoint, req.into_body()).await?;
+        Ok(resp.map(Either::Right))
     }
 
     /// Phase 7 (SPEC §5): the plan and subject for this request, one

@@ -105,6 +105,28 @@ impl ScopeGrants {
         })
     }
 
+    /// Whether a holder of `held` may give `scope` to a key it mints (the
+    /// management API, SPEC §8: a caller can never grant a scope it does not
+    /// hold). `held` must grant `scope` itself *and* everything `scope`
+    /// reaches through `implies`: wildcards do not fire `implies` entries,
+    /// so a `jobs:*` holder is granted `jobs:admin`, yet must not mint a
+    /// `jobs:admin` key when `implies` gives `jobs:admin` more than `jobs:`
+    /// scopes. A scope that reaches `*` needs a holder that reaches `*`.
+    pub fn can_delegate<'a>(
+        &self,
+        held: impl IntoIterator<Item = &'a str> + Clone,
+        scope: &str,
+    ) -> bool {
+        if !self.grants(held.clone(), scope) {
+            return false;
+        }
+        let Some(implied) = self.implied.get(scope) else { return true };
+        let holds_everything =
+            || held.clone().into_iter().any(|h| self.implied.get(h).is_some_and(|i| i.everything));
+        (!implied.everything || holds_everything())
+            && implied.scopes.iter().all(|s| self.grants(held.clone(), s))
+    }
+
     /// The route's decision: every one of `scopes`, and at least one of
     /// `any_scopes` when that list is non-empty.
     ///
@@ -191,6 +213,22 @@ mod tests {
                 location: crate::config::Location { line: 1, column: 1 },
             },
         }
+    }
+
+    #[test]
+    fn delegation_needs_the_scope_and_everything_it_implies() {
+        let g = grants(&[("admin:all", &["*"]), ("jobs:admin", &["billing:read"])], true);
+        assert!(g.can_delegate(strs(&["jobs:write"]), "jobs:read"));
+        assert!(g.can_delegate(strs(&["jobs:write"]), "jobs:write"));
+        assert!(!g.can_delegate(strs(&["jobs:read"]), "jobs:write"));
+        assert!(!g.can_delegate(strs(&["jobs:read"]), "jobs:*"));
+        assert!(!g.can_delegate(strs(&["keys:write"]), "admin:all"));
+        // `jobs:*` grants `jobs:admin`, but not the `billing:read` it implies.
+        assert!(g.grants(strs(&["jobs:*"]), "jobs:admin"));
+        assert!(!g.can_delegate(strs(&["jobs:*"]), "jobs:admin"));
+        assert!(g.can_delegate(strs(&["jobs:*", "billing:read"]), "jobs:admin"));
+        assert!(g.can_delegate(strs(&["admin:all"]), "admin:all"));
+        assert!(g.can_delegate(strs(&["admin:all"]), "anything:else"));
     }
 
     #[test]

@@ -34,7 +34,7 @@
 //! There are no `invalidate` events: a change made by another process (the
 //! CLI) reaches a running keyward when it reloads.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
@@ -65,6 +65,12 @@ struct Inner {
     /// Serialises changes with their file rewrites, so the file is written
     /// in the order the changes were made. Never held on the request path.
     writer: Mutex<()>,
+    /// Requests per key id and day (SPEC §8): in memory only, like
+    /// last-used times; a restart starts from zero.
+    usage: Mutex<HashMap<String, BTreeMap<u32, u64>>>,
+    /// Management API creations per owner (Unix ms, oldest first), for
+    /// `creations_per_hour`.
+    creations: Mutex<HashMap<String, VecDeque<u64>>>,
 }
 
 /// The map and its id index, always changed together.
@@ -113,7 +119,13 @@ impl MemoryStore {
 
     fn with(path: Option<PathBuf>, keys: Keys) -> MemoryStore {
         MemoryStore {
-            inner: Arc::new(Inner { path, keys: RwLock::new(keys), writer: Mutex::new(()) }),
+            inner: Arc::new(Inner {
+                path,
+                keys: RwLock::new(keys),
+                writer: Mutex::new(()),
+                usage: Mutex::new(HashMap::new()),
+                creations: Mutex::new(HashMap::new()),
+            }),
         }
     }
 
@@ -264,6 +276,47 @@ impl KeyStore for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    async fn add_usage(&self, batch: &[super::usage::UsageDelta]) -> Result<(), StoreError> {
+        let mut usage = self.inner.usage.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, day, n) in batch {
+            let days = usage.entry(id.clone()).or_default();
+            *days.entry(*day).or_default() += n;
+            // The retention of the Redis hash's TTL, so memory stays bounded.
+            let oldest = day.saturating_sub(super::usage::RETENTION_DAYS as u32);
+            days.retain(|d, _| *d > oldest);
+        }
+        Ok(())
+    }
+
+    async fn usage(&self, id: &str, days: &[u32]) -> Result<Vec<u64>, StoreError> {
+        let usage = self.inner.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = usage.get(id);
+        Ok(days.iter().map(|d| counts.and_then(|c| c.get(d)).copied().unwrap_or(0)).collect())
+    }
+
+    async fn reserve_creation(
+        &self,
+        owner: &str,
+        window_s: u64,
+        max: u32,
+    ) -> Result<Option<u64>, StoreError> {
+        let now = crate::clock::unix_millis();
+        let window = window_s.saturating_mul(1000);
+        let mut all = self.inner.creations.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget owners whose creations all left the window (bounded map).
+        all.retain(|_, times| times.back().is_some_and(|t| t + window > now));
+        let times = all.entry(owner.to_owned()).or_default();
+        while times.front().is_some_and(|t| t + window <= now) {
+            times.pop_front();
+        }
+        if times.len() >= max as usize {
+            let oldest = times.front().copied().unwrap_or(now);
+            return Ok(Some((oldest + window).saturating_sub(now).div_ceil(1000).max(1)));
+        }
+        times.push_back(now);
+        Ok(None)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -18,10 +18,12 @@ pub mod cache;
 pub mod cached_key;
 pub mod events;
 pub mod last_used;
+pub mod lifecycle;
 pub mod memory;
 pub mod record;
 pub mod redis;
 pub mod time;
+pub mod usage;
 
 use std::future::Future;
 use std::time::Duration;
@@ -123,6 +125,34 @@ pub trait KeyStore: Send + Sync {
         batch: &[(KeyHash, u64)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Adds coalesced per-day request counts (SPEC §8), off the request
+    /// path: `(key id, day since 1970, requests)`. Redis: pipelined
+    /// `HINCRBY {p}usage:{id} YYYY-MM-DD n` + `EXPIRE` 35 days.
+    fn add_usage(
+        &self,
+        batch: &[usage::UsageDelta],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// One key's stored request counts for `days` (days since 1970), in
+    /// that order; 0 for a day without requests.
+    fn usage(
+        &self,
+        id: &str,
+        days: &[u32],
+    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
+
+    /// Takes one of `owner`'s `max` key creations per `window_s` seconds
+    /// (the management API's `creations_per_hour`, SPEC §8), counted over a
+    /// sliding window shared by every replica (Redis: the sorted set
+    /// `{p}creations:{owner}`). `Some(seconds)`: none left, one frees up
+    /// after that many seconds (at least 1); nothing was taken.
+    fn reserve_creation(
+        &self,
+        owner: &str,
+        window_s: u64,
+        max: u32,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
     /// Whether the store answers (for `/readyz`).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
@@ -221,6 +251,32 @@ impl KeyStore for Store {
         match self {
             Store::Memory(s) => s.touch_last_used(batch).await,
             Store::Redis(s) => s.touch_last_used(batch).await,
+        }
+    }
+
+    async fn add_usage(&self, batch: &[usage::UsageDelta]) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(s) => s.add_usage(batch).await,
+            Store::Redis(s) => s.add_usage(batch).await,
+        }
+    }
+
+    async fn usage(&self, id: &str, days: &[u32]) -> Result<Vec<u64>, StoreError> {
+        match self {
+            Store::Memory(s) => s.usage(id, days).await,
+            Store::Redis(s) => s.usage(id, days).await,
+        }
+    }
+
+    async fn reserve_creation(
+        &self,
+        owner: &str,
+        window_s: u64,
+        max: u32,
+    ) -> Result<Option<u64>, StoreError> {
+        match self {
+            Store::Memory(s) => s.reserve_creation(owner, window_s, max).await,
+            Store::Redis(s) => s.reserve_creation(owner, window_s, max).await,
         }
     }
 

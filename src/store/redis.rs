@@ -7,6 +7,8 @@
 //! | `{p}id:{key_id}` | string | the key's sha256hex |
 //! | `{p}owner:{owner}` | set | the owner's key ids |
 //! | `{p}events` | pub/sub | `invalidate {sha256hex} {unix ms}` on every change |
+//! | `{p}usage:{key_id}` | hash | requests per UTC day, field `YYYY-MM-DD`, 35-day TTL (SPEC §8) |
+//! | `{p}creations:{owner}` | sorted set | management API creations of the last hour (ms scores) |
 //!
 //! Availability (SPEC §9): keyward must start, and keep answering, while
 //! Redis is down. So the store connects in the background (exponential
@@ -215,6 +217,24 @@ fn script_cmd(verb: &str, script: &[u8], keys: &[String], args: &[u64]) -> Cmd {
     cmd
 }
 
+/// Takes one creation of an owner's sliding window, by the server's clock.
+/// KEYS: `{p}creations:{owner}` (a sorted set of creation times in ms).
+/// ARGV: window seconds, max, a unique member suffix. Returns -1 when
+/// taken, else the milliseconds until the oldest creation leaves the window.
+const CREATION_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local w = tonumber(ARGV[1]) * 1000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - w)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return math.max(1, tonumber(oldest[2]) + w - now)
+end
+redis.call('ZADD', KEYS[1], now, now .. '-' .. ARGV[3])
+redis.call('PEXPIRE', KEYS[1], w)
+return -1
+";
+
 impl RedisStore {
     /// Starts the store and its background connect; never waits for the
     /// network. Must be called inside a tokio runtime. Refuses a config
@@ -311,6 +331,11 @@ impl RedisStore {
 
     fn owner_key(&self, owner: &str) -> String {
         format!("{}owner:{owner}", self.inner.prefix)
+    }
+
+    /// `{p}usage:{key_id}`: requests per UTC day (SPEC §8).
+    fn usage_key(&self, id: &str) -> String {
+        format!("{}usage:{id}", self.inner.prefix)
     }
 
     /// Runs one operation under the store's rules: fail fast while down,
@@ -543,6 +568,8 @@ enum Op {
     Revoke,
     SetExpiresAt,
     TouchLastUsed,
+    /// `add_usage` and `usage` (SPEC §8 usage counts).
+    Usage,
     Ping,
     /// [`RedisStore::eval_script`]: the rate limiter's one call per request.
     RateLimit,
@@ -558,6 +585,7 @@ impl Op {
             Op::Revoke => "revoke",
             Op::SetExpiresAt => "set_expires_at",
             Op::TouchLastUsed => "touch_last_used",
+            Op::Usage => "usage",
             Op::Ping => "ping",
             Op::RateLimit => "rate_limit",
         }
@@ -746,6 +774,61 @@ impl KeyStore for RedisStore {
             .await?;
         }
         Ok(())
+    }
+
+    async fn add_usage(&self, batch: &[super::usage::UsageDelta]) -> Result<(), StoreError> {
+        let ttl = super::usage::RETENTION_DAYS * 86_400;
+        for chunk in batch.chunks(BATCH) {
+            let mut pipe = ::redis::pipe();
+            for (id, day, n) in chunk {
+                let key = self.usage_key(id);
+                pipe.cmd("HINCRBY").arg(&key).arg(super::usage::date_of(*day)).arg(*n).ignore();
+                pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+            }
+            self.run(Op::Usage, |mut c| {
+                let pipe = &pipe;
+                async move { pipe.query_async::<()>(&mut c).await }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn usage(&self, id: &str, days: &[u32]) -> Result<Vec<u64>, StoreError> {
+        if days.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = ::redis::cmd("HMGET");
+        cmd.arg(self.usage_key(id));
+        for day in days {
+            cmd.arg(super::usage::date_of(*day));
+        }
+        let counts: Vec<Option<u64>> = self
+            .run(Op::Usage, |mut c| {
+                let cmd = &cmd;
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(counts.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    async fn reserve_creation(
+        &self,
+        owner: &str,
+        window_s: u64,
+        max: u32,
+    ) -> Result<Option<u64>, StoreError> {
+        let key = format!("{}creations:{owner}", self.inner.prefix);
+        let member = crate::auth::key::new_key_id();
+        let mut cmd = ::redis::cmd("EVAL");
+        cmd.arg(CREATION_LUA).arg(1).arg(&key).arg(window_s).arg(max).arg(&member);
+        let wait_ms: i64 = self
+            .run(Op::Insert, |mut c| {
+                let cmd = &cmd;
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(u64::try_from(wait_ms).ok().map(|ms| ms.div_ceil(1000).max(1)))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
