@@ -516,3 +516,26 @@ async fn observe_mode_forwards_a_bad_token_as_observe_denied() {
     assert!(!seen.has_header("x-keyward-owner"));
     assert!(!seen.has_header("authorization"), "the credential is stripped in observe mode too");
 }
+
+#[tokio::test]
+async fn an_edited_jwks_file_is_reloaded_without_a_signal() {
+    let (up, redis) = (EchoUpstream::start(), RedisServer::start());
+    let (old, new) = (ec_key(), ec_key());
+    let kw = start_jwks(&up, &redis, &json!({"keys": [old.jwk("a")]}));
+    let new_token = new.sign("b", &claims("svc", "jobs:read"));
+    assert_invalid(&get(&kw, "/v1/jobs", &new_token).await, "invalid_token");
+    // Replaced atomically, as a Kubernetes Secret update does.
+    let tmp = kw.dir().join(".jwks.json.tmp");
+    std::fs::write(&tmp, json!({"keys": [old.jwk("a"), new.jwk("b")]}).to_string())
+        .expect("write jwks");
+    std::fs::rename(&tmp, kw.dir().join("jwks.json")).expect("rename jwks");
+    let url = kw.url("/v1/jobs");
+    let auth = format!("Bearer {new_token}");
+    assert!(
+        support::wait_until(Duration::from_secs(10), move || {
+            h::get_blocking(&url, &[("Authorization", &auth)]).status == 200
+        }),
+        "the edited JWKS was not picked up"
+    );
+    assert_eq!(get(&kw, "/v1/jobs", &old.sign("a", &claims("svc", "jobs:read"))).await.status, 200);
+}
