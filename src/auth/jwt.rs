@@ -672,6 +672,15 @@ mod tests {
         assert_eq!(at(NOW - 3600), Err(TokenError::Expired));
         assert!(verify(with(good_claims(), "exp", json!((NOW + 10) as f64 + 0.5))).is_ok());
         assert_eq!(
+            verify(with(good_claims(), "exp", json!(u64::MAX))).unwrap().expires_at,
+            Some(u64::MAX)
+        );
+        assert_eq!(verify(with(good_claims(), "exp", json!(-5))), Err(TokenError::Expired));
+        assert_eq!(
+            verify(with(good_claims(), "exp", json!(1e300))).unwrap().expires_at,
+            Some(u64::MAX)
+        );
+        assert_eq!(
             verify(with(good_claims(), "exp", json!("soon"))),
             Err(TokenError::Invalid("exp not a number"))
         );

@@ -192,7 +192,9 @@ impl Proxy {
                 record.map(CachedKey::display_prefix).or(caller.display_prefix.as_deref()),
             // A JWT's subject only once its signature was verified: an
             // unverified token names nobody (and is never logged).
-            owner = record.map(CachedKey::owner).or(caller.token.as_deref().map(|t| t.subject.as_str())),
+            owner = record
+                .map(CachedKey::owner)
+                .or(caller.token.as_deref().map(|t| t.subject.as_str())),
             client_ip = %peer.addr.ip(),
             "auth.denied"
         );
@@ -479,7 +481,8 @@ impl Proxy {
             };
             let token_expiry = match identity {
                 Identity::Jwt { token, .. } => token.expires_at.map(|exp| {
-                    let left = (exp + jwt::LEEWAY_S).saturating_sub(clock::unix_seconds());
+                    let left =
+                        exp.saturating_add(jwt::LEEWAY_S).saturating_sub(clock::unix_seconds());
                     std::time::Duration::from_secs(left)
                 }),
                 _ => None,
