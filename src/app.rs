@@ -206,8 +206,8 @@ pub async fn run(
         f(proxy_addr, admin_addr);
     }
 
-    // The config file (and a memory store's keys file, and the TLS
-    // certificate and key) are also watched: polled once a second, which
+    // The config file (and a memory store's keys file, the TLS certificate
+    // and key, and the JWKS file) are also watched: polled once a second, which
     // notices a Kubernetes ConfigMap or Secret update (a symlink swap) as
     // well as an edit in place.
     let keys_file = match &keyring.store {
@@ -216,7 +216,7 @@ pub async fn run(
     };
     let mut config_stamp = source.as_ref().map(|s| FileStamp::of(&s.path));
     let mut keys_stamp = keys_file.as_deref().map(FileStamp::of);
-    let mut tls_stamps = TlsStamps::of(runtime.load().config.tls.as_ref());
+    let mut file_stamps = FileStamps::of(&runtime.load().config);
     let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -226,21 +226,21 @@ pub async fn run(
             _ = sighup.recv() => {
                 // Stamped before the files are read, so a write that lands
                 // after the reload read them is still noticed.
-                tls_stamps.changed();
+                file_stamps.changed();
                 (true, true)
             }
             _ = poll.tick() => (
                 // `|`, not `||`: every stamp is brought up to date.
                 changed(&mut config_stamp, source.as_ref().map(|s| s.path.as_path()))
-                    | tls_stamps.changed(),
+                    | file_stamps.changed(),
                 changed(&mut keys_stamp, keys_file.as_deref()),
             ),
         };
         if config_changed {
             if let Some(source) = &source {
                 reload(source, &runtime, &limiter, certs.as_deref(), &metrics);
-                // A reload may name other certificate files.
-                tls_stamps.follow(runtime.load().config.tls.as_ref());
+                // A reload may name other certificate or JWKS files.
+                file_stamps.follow(&runtime.load().config);
             }
         }
         if keys_changed {
@@ -299,21 +299,24 @@ fn changed(stamp: &mut Option<FileStamp>, path: Option<&std::path::Path>) -> boo
     true
 }
 
-/// The stamps of the TLS certificate and key files, to notice a rotation
-/// (cert-manager, a renewed Secret) without a SIGHUP.
-struct TlsStamps(Vec<(std::path::PathBuf, FileStamp)>);
+/// The stamps of the files the config names and the `Runtime` reads (the
+/// TLS certificate and key, the JWKS file), to notice a rotation
+/// (cert-manager, a renewed Secret, a new signing key) without a SIGHUP.
+struct FileStamps(Vec<(std::path::PathBuf, FileStamp)>);
 
-impl TlsStamps {
-    fn of(tls: Option<&crate::config::TlsConfig>) -> TlsStamps {
-        let paths = tls.map(|t| vec![t.cert.clone(), t.key.clone()]).unwrap_or_default();
-        TlsStamps(paths.into_iter().map(|p| (p.clone(), FileStamp::of(&p))).collect())
+impl FileStamps {
+    fn of(config: &Config) -> FileStamps {
+        let tls = config.tls.as_ref().map(|t| [t.cert.clone(), t.key.clone()]);
+        let jwks = config.jwt.as_ref().and_then(|j| j.jwks_file.clone());
+        let paths = tls.into_iter().flatten().chain(jwks);
+        FileStamps(paths.map(|p| (p.clone(), FileStamp::of(&p))).collect())
     }
 
-    /// Watches the files `tls` names from now on; stamps of files already
+    /// Watches the files `config` names from now on; stamps of files already
     /// watched are kept (re-stamping them now could hide a write that
     /// landed after the reload read them).
-    fn follow(&mut self, tls: Option<&crate::config::TlsConfig>) {
-        let next = TlsStamps::of(tls);
+    fn follow(&mut self, config: &Config) {
+        let next = FileStamps::of(config);
         if next.0.iter().map(|(p, _)| p).ne(self.0.iter().map(|(p, _)| p)) {
             *self = next;
         }

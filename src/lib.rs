@@ -1,7 +1,7 @@
 //! keyward: a sidecar reverse-proxy authenticator.
 //!
 //! It sits in front of an unmodified upstream HTTP service, authenticates
-//! each request by API key, checks the scopes the route table requires,
+//! each request by API key (or JWT), checks the scopes the route table requires,
 //! applies sliding-window rate limits, and forwards allowed requests with
 //! identity headers injected. `SPEC.md` (shared with the team) is the
 //! contract; the README is the user's guide.
@@ -13,7 +13,8 @@
 //! - [`server`]: accept loops (TCP or TLS), graceful drain, the admin listener.
 //! - [`tls`]: rustls (ring): the listener's reloadable certificate, the upstream's trust roots.
 //! - [`routes`]: path normal form, the compiled route table, scope grants, explain.
-//! - [`auth`]: credential extraction, the key format and its checksum, the keyring (cache + store).
+//! - [`auth`]: credential extraction, the key format and its checksum, the keyring (cache + store),
+//!   JWT verification.
 //! - [`store`]: key records, the Redis and memory stores, the cache, invalidation events, last-used.
 //! - [`mgmt`]: the management API (SPEC §8): keys managing keys under `management_api.path_prefix`.
 //! - [`demo`]: `keyward demo`.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 
+use crate::auth::jwt::{JwtSetupError, JwtVerifier};
 use crate::auth::key::KeyFormat;
 use crate::config::{Config, ConfigErrors};
 use crate::proxy::headers::HeaderPolicy;
@@ -18,6 +19,9 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub headers: HeaderPolicy,
     pub key_format: KeyFormat,
+    /// `jwt:`: the token verifier, its secret or JWKS read when this
+    /// snapshot was built (so a reload picks up a rotated JWKS file).
+    pub jwt: Option<JwtVerifier>,
     pub routes: RouteTable,
     pub grants: ScopeGrants,
     /// Every plan, with its pre-rendered `RateLimit-Policy`.
@@ -47,6 +51,10 @@ pub enum RuntimeError {
     /// silently: refused instead (fail closed).
     #[error("{0}")]
     Unsupported(String),
+    /// The HS256 secret is missing or too short, or the JWKS file can't be
+    /// read or used.
+    #[error("{0}")]
+    Jwt(#[from] JwtSetupError),
 }
 
 impl Runtime {
@@ -66,9 +74,11 @@ impl Runtime {
             .authority()
             .cloned()
             .ok_or_else(|| RuntimeError::Upstream(format!("{url}: no host")))?;
+        let jwt = config.jwt.as_ref().map(JwtVerifier::from_config).transpose()?;
         Ok(Runtime {
             headers: HeaderPolicy::new(&config),
             key_format: KeyFormat::new(&config.keys),
+            jwt,
             routes: RouteTable::compile(&config)?,
             grants: ScopeGrants::new(&config.scopes),
             plans: crate::ratelimit::plans(&config),
@@ -114,9 +124,6 @@ impl Runtime {
     pub fn not_enforced_yet(&self) -> Vec<&'static str> {
         let c = &self.config;
         let mut out = Vec::new();
-        if c.jwt.is_some() {
-            out.push("jwt (bearer tokens that are not keys are refused as malformed_key)");
-        }
         if c.cors.is_some() {
             out.push("cors (preflights go through auth like any request)");
         }

@@ -486,7 +486,12 @@ fn serve_with_a_broken_config_exits_2_and_flags_beat_the_file() {
 fn shipped_configs_pass_check_config() {
     for file in ["config/quickstart.yaml", "config/keyward.example.yaml"] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
-        let out = support::keyward::run(&["check-config", "--config", path.to_str().unwrap()]);
+        // The example config's `jwt` block reads its HS256 secret from
+        // KEYWARD_JWT_SECRET; check-config needs it set, as serve does.
+        let out = support::keyward::run_with(
+            &["check-config", "--config", path.to_str().unwrap()],
+            &[("KEYWARD_JWT_SECRET", "an-example-secret-of-at-least-32-bytes")],
+        );
         assert_eq!(out.status.code(), Some(0), "{file}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }

@@ -1,7 +1,9 @@
 //! Authentication (SPEC §4): taking the credential out of the request
 //! ([`extract`]), checking an API key's format and checksum without I/O
-//! ([`key`]), and looking it up through the cache ([`keyring`]).
+//! ([`key`]), looking it up through the cache ([`keyring`]), and verifying
+//! JWT bearer tokens ([`jwt`]).
 
 pub mod extract;
+pub mod jwt;
 pub mod key;
 pub mod keyring;

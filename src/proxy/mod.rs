@@ -10,7 +10,8 @@
 //!         ──► 6 authorise ─► 7 limit ─► 8 forward ─────────────► upstream
 //!               (403)          (429)     (502/504, streams both ways)
 //! ```
-//! Phases 3–6 live in `decide` (who is calling, may they), phase 7 in
+//! Phases 3–6 live in `decide` (who is calling, may they; a JWT goes from
+//! phase 4 to `decide_token`, which verifies it without I/O), phase 7 in
 //! `limit`. In observe mode a denial from `decide` is recorded and the
 //! request forwarded with `X-Keyward-Auth: observe-denied`; phase 1's
 //! refusals (protocol abuse) are never observed-through.
@@ -32,9 +33,10 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use crate::auth::extract::{self, ExtractError, X_API_KEY};
+use crate::auth::extract::{self, ExtractError, Presented, X_API_KEY};
+use crate::auth::jwt::{self, CredentialKind, JwtVerifier, TokenError, VerifiedToken};
 use crate::auth::key::display_prefix;
 use crate::auth::keyring::{Found, Keyring};
 use crate::clock;
@@ -77,6 +79,8 @@ struct Caller {
     /// Observe mode: the denial that was not enforced.
     observed: Option<Deny>,
     record: Option<Arc<CachedKey>>,
+    /// A verified JWT (its subject names the caller in `auth.denied`).
+    token: Option<Arc<VerifiedToken>>,
     /// The rate-limit decision, rendered into headers on the response
     /// whatever its status (SPEC §5).
     limit: Option<(Decision, Arc<PlanSpec>)>,
@@ -98,6 +102,8 @@ enum Identity {
         in_authorization: bool,
         in_x_api_key: bool,
     },
+    /// A valid JWT.
+    Jwt { token: Arc<VerifiedToken>, in_authorization: bool, in_x_api_key: bool },
     /// No credential, on an `auth: none` or `auth: optional` route.
     Anonymous,
     /// Observe mode, would have been denied (SPEC §10).
@@ -197,7 +203,11 @@ impl Proxy {
             key_id = record.map(CachedKey::id),
             display_prefix =
                 record.map(CachedKey::display_prefix).or(caller.display_prefix.as_deref()),
-            owner = record.map(CachedKey::owner),
+            // A JWT's subject only once its signature was verified: an
+            // unverified token names nobody (and is never logged).
+            owner = record
+                .map(CachedKey::owner)
+                .or(caller.token.as_deref().map(|t| t.subject.as_str())),
             client_ip = %peer.addr.ip(),
             "auth.denied"
         );
@@ -293,11 +303,15 @@ impl Proxy {
         };
         let route = endpoint.route(label);
         let identity = self.decide(rt, &req, Some(&route), caller, started).await?;
+        // SPEC §8: keys manage keys. A JWT, however valid, is not a
+        // credential here (RFC 6750 `invalid_token`: invalid for this
+        // resource); refused before it costs a rate-limit unit.
+        let Identity::Key { record, .. } = &identity else {
+            return Err(Deny::InvalidToken);
+        };
+        let record = record.clone();
         self.limit(rt, &req, &route, &identity, peer, caller).await?;
         self.metrics.auth_duration.observe(started.elapsed().as_secs_f64());
-        let Identity::Key { record, .. } = identity else {
-            return Err(Deny::MissingCredentials);
-        };
         self.mgmt.usage.count(record.id(), clock::unix_seconds());
         let query = req.uri().query().map(str::to_owned);
         let cx = mgmt::Caller {
@@ -340,6 +354,17 @@ impl Proxy {
                     record.plan().unwrap_or(&rl.default_plan),
                     record.id().into(),
                     Some(record.owner()),
+                ),
+                // A JWT is limited by its subject, under the default plan
+                // (tokens name no plan); per-owner windows count its
+                // subject as the owner.
+                (Identity::Jwt { token, .. }, Some(RouteRateLimit { by: LimitBy::Key, plan })) => {
+                    (plan, token.limit_subject.as_str().into(), Some(token.subject.as_str()))
+                }
+                (Identity::Jwt { token, .. }, None) => (
+                    &rl.default_plan,
+                    token.limit_subject.as_str().into(),
+                    Some(token.subject.as_str()),
                 ),
                 (Identity::Anonymous, Some(RouteRateLimit { plan, .. })) => {
                     (plan, client_ip().into(), None)
@@ -404,8 +429,16 @@ impl Proxy {
         };
         let key = presented.credential.as_str();
 
-        // 4. parse: format and checksum with no I/O, then SHA-256.
-        rt.key_format.parse(key).map_err(|_| Deny::MalformedKey)?;
+        // 4. parse: a key (format and checksum, no I/O) or a JWT; then
+        // SHA-256 for a key.
+        match jwt::classify(key, presented.in_authorization, &rt.key_format, rt.jwt.is_some()) {
+            CredentialKind::Key => {}
+            CredentialKind::Malformed => return Err(Deny::MalformedKey),
+            CredentialKind::Jwt => {
+                let Some(verifier) = &rt.jwt else { return Err(Deny::MalformedKey) };
+                return decide_token(rt, verifier, &presented, route, caller);
+            }
+        }
         let hash = KeyHash::of(key);
 
         // 5. look up: cache, else one store round trip; outage: stale or 503.
@@ -511,9 +544,18 @@ impl Proxy {
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             // A tunnel outlives the request: it is closed when its key is
-            // revoked or expires (SPEC §10), within the revocation bound.
+            // revoked or expires (SPEC §10), within the revocation bound,
+            // and a JWT's when the token expires.
             let watch = match identity {
                 Identity::Key { hash, .. } => Some((*hash, self.keyring.clone())),
+                _ => None,
+            };
+            let token_expiry = match identity {
+                Identity::Jwt { token, .. } => token.expires_at.map(|exp| {
+                    let left =
+                        exp.saturating_add(jwt::LEEWAY_S).saturating_sub(clock::unix_seconds());
+                    std::time::Duration::from_secs(left)
+                }),
                 _ => None,
             };
             tokio::spawn(async move {
@@ -524,9 +566,15 @@ impl Proxy {
                 let mut client = TokioIo::new(client);
                 let mut upstream = TokioIo::new(upstream);
                 let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-                match watch {
-                    None => drop(copy.await),
-                    Some((hash, keyring)) => tokio::select! {
+                match (watch, token_expiry) {
+                    (None, Some(left)) => tokio::select! {
+                        _ = copy => {}
+                        _ = tokio::time::sleep(left) => {
+                            info!(target: "keyward::audit", "websocket tunnel closed: its token expired");
+                        }
+                    },
+                    (None, None) => drop(copy.await),
+                    (Some((hash, keyring)), _) => tokio::select! {
                         _ = copy => {}
                         _ = keyring.until_inactive(hash) => {
                             info!(target: "keyward::audit", "websocket tunnel closed: its key is no longer active");
@@ -541,6 +589,48 @@ impl Proxy {
         *resp.version_mut() = client_version;
         Ok(resp.map(Either::Left))
     }
+}
+
+/// Phases 4–6 for a JWT (SPEC §2 `jwt`, §10): verify it (no I/O), then the
+/// route's scopes. The token itself is never logged.
+fn decide_token(
+    rt: &Runtime,
+    verifier: &JwtVerifier,
+    presented: &Presented<'_>,
+    route: &Route,
+    caller: &mut Caller,
+) -> Result<Identity, Deny> {
+    let token = match verifier.verify(presented.credential.as_str(), clock::unix_seconds()) {
+        Ok(token) => Arc::new(token),
+        Err(e) => {
+            debug!(reason = %e, "bearer token refused");
+            return Err(match e {
+                TokenError::Expired => Deny::TokenExpired,
+                TokenError::Invalid(_) => Deny::InvalidToken,
+            });
+        }
+    };
+    if !token.dropped_scopes.is_empty() {
+        // SPEC §10: dropped, logged, never forwarded. The names are the
+        // issuer's claim values, not the token.
+        warn!(
+            target: "keyward::audit",
+            subject = %token.subject,
+            dropped = ?token.dropped_scopes,
+            "jwt.scopes_dropped"
+        );
+    }
+    caller.token = Some(token.clone());
+
+    // 6. authorise: the route's scopes (SPEC §3), as for keys.
+    rt.grants
+        .check(token.scopes.iter().map(String::as_str), route)
+        .map_err(|required| Deny::InsufficientScope { required })?;
+    Ok(Identity::Jwt {
+        token,
+        in_authorization: presented.in_authorization,
+        in_x_api_key: presented.in_x_api_key,
+    })
 }
 
 /// Sets the identity headers (SPEC §6), after every client copy of them was
@@ -570,12 +660,20 @@ fn inject_identity(rt: &Runtime, headers: &mut http::HeaderMap, identity: &Ident
             }
             headers.insert(names.auth.clone(), HeaderValue::from_static("key"));
             if !forward_credential {
-                if *in_authorization {
-                    headers.remove(http::header::AUTHORIZATION);
-                }
-                if *in_x_api_key {
-                    headers.remove(X_API_KEY);
-                }
+                strip_presented(headers, *in_authorization, *in_x_api_key);
+            }
+        }
+        Identity::Jwt { token, in_authorization, in_x_api_key } => {
+            // A token has no key id and no environment: those headers stay
+            // absent. Its plan is the default plan, which limits it.
+            headers.insert(names.owner.clone(), token.owner_header.clone());
+            headers.insert(names.scopes.clone(), token.scopes_header.clone());
+            if let Some(v) = rt.default_plan_header.clone() {
+                headers.insert(names.plan.clone(), v);
+            }
+            headers.insert(names.auth.clone(), HeaderValue::from_static("jwt"));
+            if !forward_credential {
+                strip_presented(headers, *in_authorization, *in_x_api_key);
             }
         }
         Identity::Anonymous | Identity::ObserveDenied => {
@@ -588,6 +686,16 @@ fn inject_identity(rt: &Runtime, headers: &mut http::HeaderMap, identity: &Ident
                 strip_credentials(rt, headers);
             }
         }
+    }
+}
+
+/// Removes the headers that carried the presented credential.
+fn strip_presented(headers: &mut http::HeaderMap, in_authorization: bool, in_x_api_key: bool) {
+    if in_authorization {
+        headers.remove(http::header::AUTHORIZATION);
+    }
+    if in_x_api_key {
+        headers.remove(X_API_KEY);
     }
 }
 
