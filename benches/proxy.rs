@@ -106,7 +106,8 @@ async fn connect(addr: SocketAddr) -> Sender {
 }
 
 async fn get(sender: &mut Sender, addr: SocketAddr, auth: &str) {
-    let req = Request::get(format!("http://{addr}/v1/jobs/42"))
+    let req = Request::get("/v1/jobs/42")
+        .header("host", addr.to_string())
         .header("authorization", auth)
         .body(Empty::new())
         .expect("request");

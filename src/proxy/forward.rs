@@ -73,6 +73,13 @@ struct Limit {
 #[error("request body exceeds limits.max_body_bytes")]
 pub struct BodyTooLarge;
 
+/// The client's body could not be read: broken chunked framing, or the
+/// client went away mid-upload. Tagged so [`classify`] blames the client
+/// (400), not the upstream (502).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read: {0}")]
+pub struct ClientBodyError(#[source] hyper::Error);
+
 impl RequestBody {
     pub fn unlimited(inner: Incoming) -> RequestBody {
         RequestBody { inner, limit: None }
@@ -106,7 +113,7 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyError(e))))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -121,12 +128,15 @@ impl Body for RequestBody {
     }
 }
 
-/// Maps a client error to the SPEC §7 answer: a connect timeout is 504
-/// `upstream_timeout`; refused, reset or closed connections are 502
-/// `upstream_unavailable`.
+/// Maps a client error to the SPEC §7 answer: a request body the client
+/// broke is 400 `bad_request`; a connect timeout is 504 `upstream_timeout`;
+/// refused, reset or closed connections are 502 `upstream_unavailable`.
 pub fn classify(err: &hyper_util::client::legacy::Error) -> Deny {
     let mut source: Option<&(dyn StdError + 'static)> = err.source();
     while let Some(e) = source {
+        if e.downcast_ref::<ClientBodyError>().is_some() {
+            return Deny::BadRequest("The request body could not be read");
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
                 return Deny::UpstreamTimeout;

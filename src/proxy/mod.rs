@@ -748,6 +748,12 @@ fn check_target(req: &Request<Incoming>) -> Result<(), Deny> {
     if req.headers().get_all(HOST).iter().nth(1).is_some() {
         return Err(Deny::BadRequest("More than one Host header"));
     }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host MUST get 400 (the
+    // upstream could otherwise route it by a default host keyward never
+    // checked against `allowed_hosts`).
+    if req.version() == Version::HTTP_11 && !req.headers().contains_key(HOST) {
+        return Err(Deny::BadRequest("An HTTP/1.1 request needs a Host header"));
+    }
     Ok(())
 }
 
