@@ -266,3 +266,53 @@ async fn a_key_in_the_query_string_is_no_credential_and_is_never_logged() {
     );
     assert!(kw.output_containing(support::TEST_KEY).is_empty(), "the key appears in the logs");
 }
+
+/// HTTP/2 rapid reset (CVE-2023-44487): a client opening streams and
+/// cancelling them at once makes a server start work it never has to answer
+/// for. keyward bounds it: at most `max_concurrent_streams` (256) streams
+/// per connection, the rest refused with REFUSED_STREAM, streams reset
+/// before they are accepted capped by `max_pending_accept_reset_streams`
+/// (then GOAWAY). Measured: 5,000 streams opened and reset, none forwarded.
+#[tokio::test]
+async fn http2_rapid_reset_costs_the_upstream_at_most_one_window_and_keyward_keeps_serving() {
+    let up = EchoUpstream::start();
+    let kw = start(&up);
+    let tcp = tokio::net::TcpStream::connect(kw.addr()).await.expect("connect");
+    let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let auth = AUTH_LINE["Authorization: ".len()..].trim_end().to_owned();
+    // Control: the same request, not reset, is forwarded and answered.
+    let req = http::Request::get(format!("http://{}/control", kw.addr()))
+        .header("authorization", &auth)
+        .body(())
+        .expect("request");
+    let (resp, _) = client.send_request(req, true).expect("send");
+    assert_eq!(resp.await.expect("response").status(), 200);
+    assert_eq!(up.count(), 1);
+    up.clear();
+    let mut sent = 0u32;
+    let attempt = tokio::time::timeout(Duration::from_secs(20), async {
+        for _ in 0..5_000u32 {
+            let Ok(ready) = client.clone().ready().await else { break };
+            client = ready;
+            let req = http::Request::get(format!("http://{}/smuggled", kw.addr()))
+                .header("authorization", &auth)
+                .body(())
+                .expect("request");
+            let Ok((resp, mut stream)) = client.send_request(req, false) else { break };
+            stream.send_reset(h2::Reason::CANCEL);
+            drop(resp);
+            sent += 1;
+        }
+    })
+    .await;
+    assert!(attempt.is_ok(), "the flood was neither finished nor stopped within 20 s");
+    let ended = tokio::time::timeout(Duration::from_secs(1), conn).await.is_ok();
+    eprintln!(
+        "rapid reset: {sent} streams opened and reset; connection ended by keyward: {ended}; \
+         upstream saw {}",
+        up.count()
+    );
+    assert!(up.count() <= 256, "{} reset streams reached the upstream", up.count());
+    still_serves(&kw, "after a rapid-reset flood");
+}
