@@ -434,7 +434,7 @@ fn subscribe(
             let now_ms = clock::unix_millis();
             m.revocation_lag.observe(now_ms.saturating_sub(published_ms) as f64 / 1000.0);
         },
-        move || k2.clear(),
+        move || k2.recheck_all(clock::now()),
         stop,
     ))
 }

@@ -94,6 +94,17 @@ impl Keyring {
         self.cache.invalidate(hash)
     }
 
+    /// After a pub/sub reconnect (events may have been missed): every cached
+    /// key is looked up again before it is served fresh, and can still be
+    /// served stale while the store itself is reconnecting (`stale_ttl`),
+    /// instead of becoming a 503 for the second or so in between. Open
+    /// tunnels re-check their keys.
+    pub fn recheck_all(&self, now: Instant) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let _ = self.changes.send(None);
+        self.cache.expire_all(now);
+    }
+
     /// Drops every cache entry (events may have been missed).
     pub fn clear(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);

@@ -194,6 +194,27 @@ impl KeyCache {
         }
     }
 
+    /// Makes every positive entry stale as of `now` (and drops the unknown
+    /// ones): each key is looked up again before it is served fresh, but an
+    /// entry can still be served stale while the store is down. For after
+    /// missed invalidation events (a pub/sub reconnect), when `clear` would
+    /// turn every cached key into a 503 until the store answers again.
+    pub fn expire_all(&self, now: Instant) {
+        let stale_since = now.checked_sub(self.ttl);
+        for shard in self.shards.iter() {
+            let mut s = lock(shard);
+            s.map.retain(|_, e| match (&e.value, stale_since) {
+                (Cached::Found(_), Some(t)) => {
+                    // Queue order stays by time: older entries keep theirs.
+                    e.inserted = e.inserted.min(t);
+                    true
+                }
+                _ => false,
+            });
+            s.unknown_order.clear();
+        }
+    }
+
     /// Entries held, including expired ones not yet dropped.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| lock(s).map.len()).sum()
@@ -371,6 +392,22 @@ mod tests {
         // A re-insert after invalidation works, despite the dead queue record.
         c.insert(h(1), found("a"), t0);
         assert_eq!(c.get(&h(1), t0), Lookup::Fresh(found("a")));
+    }
+
+    #[test]
+    fn expire_all_leaves_positive_entries_stale_and_drops_unknown_ones() {
+        let c = KeyCache::new(TTL, NEG, STALE, 100);
+        let t0 = crate::clock::now();
+        c.insert(h(1), found("a"), t0);
+        c.insert(h(2), Cached::Unknown, t0);
+        c.expire_all(t0 + MS);
+        assert_eq!(c.get(&h(1), t0 + MS), Lookup::Stale(found("a")));
+        assert_eq!(c.get(&h(2), t0 + MS), Lookup::Miss);
+        // A fresh insert after the sweep is fresh again; stale ones still
+        // leave at ttl + stale_ttl.
+        c.insert(h(3), found("c"), t0 + MS);
+        assert_eq!(c.get(&h(3), t0 + 2 * MS), Lookup::Fresh(found("c")));
+        assert_eq!(c.get(&h(1), t0 + MS + STALE + MS), Lookup::Miss);
     }
 
     #[test]

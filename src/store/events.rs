@@ -110,7 +110,7 @@ async fn subscribe_forever(
         match attempt {
             Ok(Ok(conn)) => {
                 if missed {
-                    tracing::info!(url = %shown_url, %channel, "resubscribed to key invalidations; clearing the key cache");
+                    tracing::info!(url = %shown_url, %channel, "resubscribed to key invalidations; every cached key is looked up again");
                     on_resubscribe();
                 } else {
                     tracing::debug!(url = %shown_url, %channel, "subscribed to key invalidations");
