@@ -18,7 +18,7 @@
 //! known to be broken (an I/O error, or three timeouts in a row) the
 //! store *fails fast*: calls return `Unavailable` at once instead of each
 //! request waiting out its timeout, while a background probe PINGs (100 ms
-//! -> 2 s) until Redis answers again. [`RedisStore::is_up`] reports that
+//! -> 1 s) until Redis answers again. [`RedisStore::is_up`] reports that
 //! state for `/readyz` and the `keyward_store_up` gauge.
 //!
 //! Records are read as other writers may have written them (see
