@@ -316,3 +316,29 @@ async fn http2_rapid_reset_costs_the_upstream_at_most_one_window_and_keyward_kee
     assert!(up.count() <= 256, "{} reset streams reached the upstream", up.count());
     still_serves(&kw, "after a rapid-reset flood");
 }
+
+#[test]
+fn a_websocket_upgrade_to_a_route_the_key_cannot_use_is_refused_before_the_upstream() {
+    let up = EchoUpstream::start();
+    let config = format!(
+        "listen: \"127.0.0.1:0\"\nadmin: {{listen: \"127.0.0.1:0\"}}\nupstream: {{url: \"{}\"}}\n\
+         store: {{kind: memory, memory: {{keys_file: keys.yaml}}}}\n\
+         routes:\n  - {{path: /admin/**, scopes: [admin:all]}}\n  - {{path: /**, scopes: [jobs:read]}}\n",
+        up.url()
+    );
+    let kw = Keyward::start_keyed(&config);
+    let upgrade = |path: &str, auth: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    let raw = h::raw_one(kw.addr(), upgrade("/admin/ws", AUTH_LINE).as_bytes(), T);
+    assert_eq!(status(&raw), Some(403), "{}", String::from_utf8_lossy(&raw));
+    let raw = h::raw_one(kw.addr(), upgrade("/ws", "").as_bytes(), T);
+    assert_eq!(status(&raw), Some(401), "{}", String::from_utf8_lossy(&raw));
+    assert_eq!(up.count(), 0, "a refused upgrade reached the upstream");
+    // Control: the key's own route upgrades.
+    let raw = h::raw_one(kw.addr(), upgrade("/ws", AUTH_LINE).as_bytes(), T);
+    assert_eq!(status(&raw), Some(101), "{}", String::from_utf8_lossy(&raw));
+}
