@@ -160,9 +160,15 @@ fn console_signs_in_creates_revokes_and_rotates_keys_in_a_real_browser() {
     let new_id = id_named(&api_keys(kw, &boot), "ci-deploy");
     b.wait(&row(&new_id));
     assert_eq!(proxied(kw, &new_key).status, 200);
+    // The key is in the tab's memory only: no cookie, no localStorage, and
+    // sessionStorage only when "keep me signed in" is ticked (it is not).
+    let stored =
+        b.exec("return [document.cookie, localStorage.length, sessionStorage.length]", json!([]));
+    assert_eq!(stored, json!(["", 0, 0]));
     b.click("#secret-done");
-    b.wait_for("the secret leaves the page", |b| !b.source().contains(&new_key));
+    b.wait_for("the secret leaves the page", |b| b.property("#secret-value", "value") == json!(""));
     assert_eq!(b.property("#secret", "hidden"), json!(true));
+    assert!(!b.body_text().contains(&new_key));
 
     // Usage: seven bars, today's counting the proxied request.
     b.click(&button("usage", &new_id));
