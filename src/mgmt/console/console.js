@@ -19,6 +19,7 @@
     keys: [],
     sort: { field: "created_at", dir: -1 },
     pending: null, // the key a dialog acts on
+    loads: 0, // listings asked for; only the latest one is shown
   };
 
   const $ = (id) => document.getElementById(id);
@@ -160,13 +161,17 @@
   async function loadKeys() {
     const own = state.owner === state.me.owner;
     const q = own ? "" : "?owner=" + encodeURIComponent(state.owner);
+    const seq = ++state.loads;
     $("keys-owner").textContent = state.owner;
     try {
       const data = await api("GET", "/keys" + q);
+      // A later listing (another owner, a refresh) wins over this one.
+      if (seq !== state.loads || !state.key) return;
       state.keys = data.keys || [];
       state.owner = data.owner || state.owner;
       $("keys-owner").textContent = state.owner;
     } catch (e) {
+      if (seq !== state.loads || !state.key) return;
       state.keys = [];
       showError(e);
     }
