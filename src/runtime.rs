@@ -127,9 +127,6 @@ impl Runtime {
         if c.cors.is_some() {
             out.push("cors (preflights go through auth like any request)");
         }
-        if c.management_api.enabled && c.management_api.console {
-            out.push("management_api.console (the console page is not served; the API is)");
-        }
         if c.identity.signing.is_some() {
             out.push("identity.signing (no signature header is added)");
         }

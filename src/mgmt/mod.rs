@@ -10,6 +10,7 @@
 //! | `DELETE {prefix}/keys/{id}` | `keys:write` | 204, revoked everywhere |
 //! | `POST {prefix}/keys/{id}/rotate` | `keys:write` | 201, the successor, shown once |
 //! | `GET {prefix}/whoami` | any valid key | identity, scopes, plan, rate-limit state |
+//! | `GET {prefix}/console[/…]` | none (static) | the key console, when `console: true` ([`console`]) |
 //!
 //! The request path (`proxy::Proxy::management`) finds the endpoint here
 //! ([`resolve`]), authenticates the caller and applies its rate limit with
@@ -22,6 +23,7 @@
 //! (`store::lifecycle`, shared with the CLI).
 
 mod body;
+pub mod console;
 
 use std::sync::Arc;
 
@@ -71,6 +73,9 @@ pub enum Call {
     MethodNotAllowed(&'static str),
     /// 404: no such endpoint.
     NotFound,
+    /// The console page or one of its assets: static, no key needed
+    /// (served, or 404 while `management_api.console` is off).
+    Console(console::ConsoleRequest),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +118,9 @@ pub fn resolve(method: &Method, rest: &str) -> Call {
             Method::POST => Call::Endpoint(Endpoint::RotateKey((*id).to_owned())),
             _ => Call::MethodNotAllowed("POST"),
         },
+        ["console", ..] => {
+            Call::Console(console::ConsoleRequest { tail: rest["/console".len()..].to_owned() })
+        }
         ["whoami"] => match *m {
             Method::GET => Call::Endpoint(Endpoint::Whoami),
             _ => Call::MethodNotAllowed("GET"),
@@ -130,6 +138,7 @@ impl Call {
             Call::Endpoint(Endpoint::ShowKey(_) | Endpoint::RevokeKey(_)) => "/keys/{id}",
             Call::Endpoint(Endpoint::RotateKey(_)) => "/keys/{id}/rotate",
             Call::Endpoint(Endpoint::Whoami) => "/whoami",
+            Call::Console(_) => "/console/**",
             Call::MethodNotAllowed(_) | Call::NotFound => "/**",
         };
         format!("{prefix}{tail}")
@@ -139,7 +148,7 @@ impl Call {
     /// documented, so they reveal nothing).
     pub fn refusal(&self, request_id: &str) -> Option<Response<Full<Bytes>>> {
         match self {
-            Call::Endpoint(_) => None,
+            Call::Endpoint(_) | Call::Console(_) => None,
             Call::NotFound => Some(
                 Problem::new(
                     StatusCode::NOT_FOUND,
@@ -682,6 +691,10 @@ mod tests {
             Call::Endpoint(Endpoint::RotateKey("key_1".into()))
         );
         assert_eq!(e(Method::GET, "/whoami"), Call::Endpoint(Endpoint::Whoami));
+        let console = |tail: &str| Call::Console(console::ConsoleRequest { tail: tail.into() });
+        assert_eq!(e(Method::GET, "/console"), console(""));
+        assert_eq!(e(Method::GET, "/console/console.js"), console("/console.js"));
+        assert_eq!(e(Method::POST, "/console/x/y"), console("/x/y"));
         for unknown in ["", "/", "/keys/", "/keys//rotate", "/nope", "/keys/a/b", "/whoami/x"] {
             assert_eq!(e(Method::GET, unknown), Call::NotFound, "{unknown:?}");
         }

@@ -299,6 +299,12 @@ impl Proxy {
         let rid = request_id.to_str().unwrap_or_default();
         let endpoint = match call {
             mgmt::Call::Endpoint(endpoint) => endpoint,
+            // The key console: static, no key (it calls this API with one).
+            mgmt::Call::Console(console) => {
+                let enabled = rt.config.management_api.console;
+                let resp = console.serve(enabled, req.method(), req.uri().query(), rid);
+                return Ok(resp.map(Either::Right));
+            }
             refused => return Ok(refused.refusal(rid).unwrap_or_default().map(Either::Right)),
         };
         let route = endpoint.route(label);
