@@ -2,6 +2,7 @@
 -- line, "<path>\t<Authorization value or empty>", so one run mixes valid,
 -- unknown, revoked, over-limit and anonymous requests.
 local file = os.getenv("SOAK_REQS")
+local delay_ms = tonumber(os.getenv("SOAK_DELAY_MS") or "0")
 local reqs, n, i = {}, 0, 0
 
 function init(args)
@@ -18,6 +19,11 @@ function request()
     i = i + 1
     if i > n then i = 1 end
     return reqs[i]
+end
+
+if delay_ms > 0 then
+    -- pacing: each connection waits this long after each response
+    function delay() return delay_ms end
 end
 
 function done(summary, latency, requests)

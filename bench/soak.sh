@@ -8,12 +8,14 @@
 #   cargo build --release && bench/soak.sh [KEYWARD_BIN]
 #
 # Needs redis-server, redis-cli, nginx, wrk, python3. Knobs: DURATION (600),
-# CONNS (8), N (2000 valid keys).
+# CONNS (8), N (2000 valid keys), DELAY_MS (2: each connection pauses this
+# long after each response, so the soak runs at a steady few thousand
+# requests a second instead of saturating the machine).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${1:-${KEYWARD_BIN:-$HERE/../target/release/keyward}}
-DURATION=${DURATION:-600} CONNS=${CONNS:-8} N=${N:-2000}
+DURATION=${DURATION:-600} CONNS=${CONNS:-8} N=${N:-2000} DELAY_MS=${DELAY_MS:-2}
 [[ -x $BIN ]] || { echo "no keyward binary at $BIN (cargo build --release first)" >&2; exit 1; }
 for c in redis-server redis-cli nginx wrk python3; do
   command -v "$c" >/dev/null || { echo "soak.sh needs $c" >&2; exit 1; }
@@ -107,7 +109,7 @@ PIDS+=($!)
 wait_port "$P_KW" || { cat "$TMP/keyward.out" >&2; exit 1; }
 KW_PID=$(pgrep -P "${PIDS[-1]}" || echo "${PIDS[-1]}")
 
-SOAK_REQS=$TMP/reqs.tsv timeout $((DURATION + 30)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s \
+SOAK_REQS=$TMP/reqs.tsv SOAK_DELAY_MS=$DELAY_MS timeout $((DURATION + 30)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s \
   -s "$HERE/soak.lua" "http://127.0.0.1:$P_KW/" >"$TMP/wrk.out" 2>&1 &
 WRK=$!
 
