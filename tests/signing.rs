@@ -135,9 +135,10 @@ fn run_snippet(program: &str, args: &[&str], req: &Value, secret: &str) -> bool 
     }
 }
 
-fn on_path(program: &str) -> bool {
+/// Whether `program version_arg` runs (`node --version`, `go version`).
+fn on_path(program: &str, version_arg: &str) -> bool {
     Command::new(program)
-        .arg("--version")
+        .arg(version_arg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -151,7 +152,7 @@ fn assert_snippets_accept(req: &Value) {
     let py = py.to_str().expect("utf-8 path");
     assert!(run_snippet("python3", &[py], req, SECRET), "verify.py refused {req}");
     assert!(!run_snippet("python3", &[py], req, OTHER), "verify.py accepted a wrong secret");
-    if on_path("node") {
+    if on_path("node", "--version") {
         let js = snippet("verify.js");
         let js = js.to_str().expect("utf-8 path");
         assert!(run_snippet("node", &[js], req, SECRET), "verify.js refused {req}");
@@ -159,7 +160,7 @@ fn assert_snippets_accept(req: &Value) {
     } else {
         println!("note: node is not on PATH; docs/verify/verify.js not run");
     }
-    if on_path("go") {
+    if on_path("go", "version") {
         let go = snippet("verify.go");
         let go = go.to_str().expect("utf-8 path");
         assert!(run_snippet("go", &["run", go], req, SECRET), "verify.go refused {req}");

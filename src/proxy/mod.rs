@@ -15,6 +15,11 @@
 //! `limit`. In observe mode a denial from `decide` is recorded and the
 //! request forwarded with `X-Keyward-Auth: observe-denied`; phase 1's
 //! refusals (protocol abuse) are never observed-through.
+//!
+//! A CORS preflight on a route `cors:` names is answered between phases 1
+//! and 2 (`cors.rs`); every response on such a route gets keyward's CORS
+//! headers at the end of `handle`. Phase 8 signs the injected identity
+//! when `identity.signing` is set (`crate::signing`).
 
 pub mod cors;
 pub mod deny;
