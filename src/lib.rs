@@ -20,6 +20,7 @@
 //! - [`demo`]: `keyward demo`.
 //! - [`telemetry`]: Prometheus collectors and logging.
 //! - [`app`]: wiring, signals, reload. [`cli`]: the command line.
+//! - [`signing`]: signed identity (SPEC §11): the canonical string, signing, verification.
 //! - [`clock`]: the only reader of the system clock.
 //!
 //! # One request
@@ -42,6 +43,7 @@ pub mod ratelimit;
 pub mod routes;
 pub mod runtime;
 pub mod server;
+pub mod signing;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

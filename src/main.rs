@@ -101,6 +101,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::VerifySignature(args) => {
+            let (_, config) = load(&args.config)?;
+            let now = keyward::clock::unix_seconds();
+            match keyward::cli::verify::run(&config, &args, now) {
+                Ok(verdict) => {
+                    eprintln!("{verdict}");
+                    Ok(())
+                }
+                Err(failure) => Err((failure.code, failure.message)),
+            }
+        }
         Command::Demo(args) => {
             let format = cli.log_format.unwrap_or(LogFormat::Text);
             logging::init(format, &cli.log_level, LogTarget::Stdout).map_err(|e| (2, e))?;

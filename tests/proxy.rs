@@ -502,6 +502,8 @@ async fn allowed_hosts_refuses_other_hosts_with_400() {
     let kw = start(&up, "allowed_hosts: [api.example.com]\n");
     let ok = h::get(&kw.url("/x"), &[AUTH, ("Host", "API.example.com:8443")]).await;
     assert_eq!(ok.status, 200);
+    let seen = up.last().expect("recorded");
+    assert_eq!(seen.header("host"), Some("API.example.com:8443"), "Host is forwarded unchanged");
     let other = h::get(&kw.url("/x"), &[AUTH, ("Host", "evil.example")]).await;
     assert_problem(&other, 400, "bad_request");
     assert_eq!(up.count(), 1);

@@ -3,6 +3,7 @@
 //! environment, and both beat the file (`config::Overrides`).
 
 pub mod keys;
+pub mod verify;
 
 use std::path::PathBuf;
 
@@ -43,6 +44,8 @@ pub enum Command {
         #[command(subcommand)]
         command: RoutesCommand,
     },
+    /// Check one signed-identity header (SPEC §11): exit 0 valid, 1 invalid or too old.
+    VerifySignature(verify::VerifyArgs),
     /// Manage API keys in the configured store.
     Keys {
         #[command(flatten)]

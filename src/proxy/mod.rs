@@ -15,7 +15,13 @@
 //! `limit`. In observe mode a denial from `decide` is recorded and the
 //! request forwarded with `X-Keyward-Auth: observe-denied`; phase 1's
 //! refusals (protocol abuse) are never observed-through.
+//!
+//! A CORS preflight on a route `cors:` names is answered between phases 1
+//! and 2 (`cors.rs`); every response on such a route gets keyward's CORS
+//! headers at the end of `handle`. Phase 8 signs the injected identity
+//! when `identity.signing` is set (`crate::signing`).
 
+pub mod cors;
 pub mod deny;
 pub mod forward;
 pub mod headers;
@@ -27,7 +33,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, ORIGIN};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
@@ -88,6 +94,8 @@ struct Caller {
     display_prefix: Option<String>,
     /// A management API call: its endpoint pattern, the route label.
     management: Option<String>,
+    /// A CORS preflight keyward answered itself.
+    preflight: bool,
 }
 
 /// Who the upstream is told the caller is (SPEC §6).
@@ -131,6 +139,8 @@ impl Proxy {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let request_id = headers::request_id(req.headers());
+        // CORS (SPEC §10): the Origin, only when a `cors:` block exists.
+        let origin = rt.cors.as_ref().and_then(|_| req.headers().get(ORIGIN).cloned());
         let mut caller = Caller::default();
 
         let result = self.phases(&rt, req, peer, &request_id, &mut caller, started).await;
@@ -160,6 +170,13 @@ impl Proxy {
         resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
         if let Some((decision, plan)) = &caller.limit {
             decision.write_headers(plan, resp.headers_mut());
+        }
+        // CORS on the route's every answer, keyward's errors included, so a
+        // browser app can read them; a preflight carries its own already.
+        if let (Some(cors), Some(route)) = (&rt.cors, route) {
+            if cors.covers(route.index) && !caller.preflight {
+                cors.decorate(resp.headers_mut(), origin.as_ref());
+            }
         }
 
         // Phase 10, finish: one metric and one access-log event per request.
@@ -249,6 +266,22 @@ impl Proxy {
             if let Some(rest) = mgmt::under_prefix(&rt.config.management_api, path.as_str()) {
                 let call = mgmt::resolve(req.method(), rest);
                 return self.management(rt, req, call, peer, request_id, caller, started).await;
+            }
+            // CORS preflight (SPEC §10): answered here for a CORS route
+            // (the route of the method it asks about), never forwarded, no
+            // credential asked for. Any other OPTIONS follows its route.
+            if let Some(cors) = &rt.cors {
+                if let Some(asked) = cors::CorsPolicy::preflight_method(req.method(), req.headers())
+                {
+                    if let Some(route) =
+                        rt.routes.find(&asked, &path).filter(|r| cors.covers(r.index))
+                    {
+                        caller.route = Some(route.index);
+                        caller.preflight = true;
+                        let resp = cors.preflight::<Full<Bytes>>(req.headers().get(ORIGIN));
+                        return Ok(resp.map(Either::Right));
+                    }
+                }
             }
             // 2. route: the most specific route, or deny by default.
             rt.routes.find(req.method(), &path)
@@ -514,6 +547,13 @@ impl Proxy {
         }
         parts.headers.insert(X_REQUEST_ID, request_id.clone());
         inject_identity(rt, &mut parts.headers, identity);
+        if let Some(signer) = &rt.signer {
+            // SPEC §11: over the identity just set, the method and the path
+            // (without the query) the upstream receives.
+            let names = &rt.config.identity.headers;
+            let (method, path) = (&parts.method, parts.uri.path());
+            signer.sign_request(names, method, path, &mut parts.headers, clock::unix_seconds());
+        }
         parts.uri = upstream_uri(rt, &parts.uri)?;
         parts.version = Version::HTTP_11;
 

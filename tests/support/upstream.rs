@@ -17,6 +17,7 @@
 //! | `/bytes/N` | N bytes, byte i = `i % 251`, 64 KiB chunks, Content-Length |
 //! | `/echo-body` | the request body streamed back (chunked) |
 //! | `/hop` | 200 with hop-by-hop headers a proxy must strip, plus `X-End-To-End: yes` |
+//! | `/vary` | 200 with `Vary: Accept-Encoding` and CORS headers of its own (`*`, credentials) |
 //! | `/ws` | with `Upgrade: websocket`: 101, then echoes bytes until EOF; else 400 |
 //! | `/reset` | closes the connection without answering |
 
@@ -410,6 +411,19 @@ async fn handle(
                 ("keep-alive", "timeout=5"),
                 ("proxy-connection", "keep-alive"),
                 ("x-end-to-end", "yes"),
+            ] {
+                h.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+            }
+            resp
+        }
+        (_, "vary") => {
+            drain(req.into_body(), &body_len).await;
+            let mut resp = Response::new(full("vary\n"));
+            let h = resp.headers_mut();
+            for (name, value) in [
+                ("vary", "Accept-Encoding"),
+                ("access-control-allow-origin", "*"),
+                ("access-control-allow-credentials", "true"),
             ] {
                 h.append(HeaderName::from_static(name), HeaderValue::from_static(value));
             }
