@@ -9,6 +9,8 @@
 //!   over the key store's own connection (`RedisStore::eval_script`).
 //! - [`memory`]: the same semantics in process: THE limiter of the memory
 //!   store, and the degraded limiter of `failure_mode: local`.
+//! - [`lockout`]: failed-attempt throttling (SPEC §11): failures counted
+//!   with the same script and math, lockouts checked from a local cache.
 //!
 //! # Failure modes (SPEC §11)
 //! With the Redis store, a decision Redis can't give (down, timed out past
