@@ -10,7 +10,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use support::upstream::EchoUpstream;
 
 const REPLICAS: usize = 3;
 
-fn cli(config: &PathBuf, args: &[&str]) -> std::process::Output {
+fn cli(config: &Path, args: &[&str]) -> std::process::Output {
     let mut all = vec!["keys", "--config", config.to_str().expect("utf-8 path")];
     all.extend_from_slice(args);
     support::keyward::run(&all)
