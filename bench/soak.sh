@@ -14,54 +14,19 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 BIN=${1:-${KEYWARD_BIN:-$HERE/../target/release/keyward}}
 DURATION=${DURATION:-600} CONNS=${CONNS:-8} N=${N:-2000} DELAY_MS=${DELAY_MS:-2}
-[[ -x $BIN ]] || { echo "no keyward binary at $BIN (cargo build --release first)" >&2; exit 1; }
-for c in redis-server redis-cli nginx wrk python3; do
-  command -v "$c" >/dev/null || { echo "soak.sh needs $c" >&2; exit 1; }
-done
+need_bin "$BIN"
+need redis-server redis-cli nginx wrk python3
 
-TMP=$(mktemp -d /tmp/keyward-soak.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-
-read -r P_REDIS P_UP P_KW P_ADMIN < <(python3 -c '
-import socket; s=[socket.socket() for _ in range(4)]
-[x.bind(("127.0.0.1",0)) for x in s]; print(*[x.getsockname()[1] for x in s])')
-wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-              echo "nothing listening on $1" >&2; return 1; }
-
-REDIS_PID=
-start_redis() {
-  # Append-only file on, so keys survive the restarts like a real Redis.
-  timeout $((DURATION + 300)) redis-server --bind 127.0.0.1 --port "$P_REDIS" --dir "$TMP/redis" \
-    --save '' --appendonly yes --appendfsync no --loglevel warning >>"$TMP/redis.out" 2>&1 &
-  REDIS_PID=$!
-  PIDS+=("$REDIS_PID")
-  wait_port "$P_REDIS"
-}
-mkdir -p "$TMP/redis" "$TMP/up/tmp"
-start_redis
-python3 "$HERE/seed_keys.py" "$N" keyward: "$TMP/keys.txt" | redis-cli -p "$P_REDIS" --pipe >"$TMP/seed.out"
-grep -q 'errors: 0' "$TMP/seed.out" || { cat "$TMP/seed.out" >&2; exit 1; }
-
-cat >"$TMP/up/nginx.conf" <<NGINX
-worker_processes 1; daemon off; pid $TMP/up/nginx.pid; error_log $TMP/up/error.log warn;
-events { worker_connections 1024; }
-http { access_log off; client_body_temp_path $TMP/up/tmp; proxy_temp_path $TMP/up/tmp;
-  fastcgi_temp_path $TMP/up/tmp; uwsgi_temp_path $TMP/up/tmp; scgi_temp_path $TMP/up/tmp;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$P_UP; location / { return 200 '{"ok":true}\n'; } } }
-NGINX
-timeout $((DURATION + 300)) nginx -p "$TMP/up/" -c "$TMP/up/nginx.conf" -e "$TMP/up/error.log" >/dev/null 2>&1 &
-PIDS+=($!)
-wait_port "$P_UP"
+bench_init soak $((DURATION + 300))
+# Append-only file on, so keys survive the restarts like a real Redis.
+REDIS_ARGS=(--appendonly yes --appendfsync no)
+start_redis "${REDIS_ARGS[@]}"
+seed "$N"
+start_upstream
 
 cat >"$TMP/keyward.yaml" <<YAML
 listen: "127.0.0.1:$P_KW"
@@ -74,6 +39,9 @@ plans:
   tiny: {limits: [{window: 1m, max: 3}]}
   anonymous: {limits: [{window: 1s, max: 1000000}]}
 rate_limit: {default_plan: bench, anonymous_plan: anonymous}
+# All the traffic comes from 127.0.0.1, a fifth of it with bad keys: room
+# for it, or the failed-attempt throttle would lock the soak out.
+auth: {failed_attempts: {max: 100000000, window: 1m}}
 routes:
   - {path: /public/**, auth: none}
   - {path: /v1/jobs/**, methods: [GET], scopes: [jobs:read]}
@@ -104,10 +72,7 @@ for i in range(3000):
         print(f"{path}\t{auth}")
 PY
 
-KEYWARD_LOG_LEVEL=warn timeout $((DURATION + 300)) "$BIN" serve --config "$TMP/keyward.yaml" >"$TMP/keyward.out" 2>&1 &
-PIDS+=($!)
-wait_port "$P_KW" || { cat "$TMP/keyward.out" >&2; exit 1; }
-KW_PID=$(pgrep -P "${PIDS[-1]}" || echo "${PIDS[-1]}")
+start_keyward "$BIN"
 
 SOAK_REQS=$TMP/reqs.tsv SOAK_DELAY_MS=$DELAY_MS timeout $((DURATION + 30)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s \
   -s "$HERE/soak.lua" "http://127.0.0.1:$P_KW/" >"$TMP/wrk.out" 2>&1 &
@@ -132,7 +97,7 @@ while kill -0 "$WRK" 2>/dev/null; do
     # port to be free, start it again on the same port and data dir.
     pkill -9 -P "$REDIS_PID" redis-server || true
     wait "$REDIS_PID" 2>/dev/null || true
-    sleep 2; start_redis; restarts=$((restarts + 1)); note="redis killed and restarted"
+    sleep 2; start_redis "${REDIS_ARGS[@]}"; restarts=$((restarts + 1)); note="redis killed and restarted"
   fi
   kill -0 "$KW_PID" 2>/dev/null || { echo "keyward died" >&2; tail -20 "$TMP/keyward.out" >&2; exit 1; }
   sample "$t" "$note"

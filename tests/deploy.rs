@@ -44,6 +44,8 @@ const KEYWARD_METRICS: &[(&str, &str)] = &[
     ("keyward_build_info", "gauge"),
     ("keyward_revocation_lag_seconds", "histogram"),
     ("keyward_connections_open", "gauge"),
+    ("keyward_auth_lockouts_total", "counter"),
+    ("keyward_auth_lockout_refusals_total", "counter"),
 ];
 
 fn repo() -> PathBuf {

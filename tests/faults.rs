@@ -134,7 +134,9 @@ struct Setup {
 
 /// keyward on Redis with a valid and a revoked key (made with the CLI), a
 /// short cache ttl (so outages are served from stale entries) and the
-/// default `rate_limit.failure_mode: local`.
+/// default `rate_limit.failure_mode: local`. The load comes from one IP and
+/// a third of it is an unknown key, so the failed-attempt throttle gets a
+/// roomy limit (tests/lockout.rs covers the throttle).
 fn setup(extra: &str) -> Setup {
     let (up, redis) = (EchoUpstream::start(), RedisServer::start());
     let dir = tempfile::tempdir().expect("tempdir");
@@ -144,7 +146,8 @@ fn setup(extra: &str) -> Setup {
          store: {{kind: redis, redis: {{url: \"{}\", timeout: 100ms}}, stale_ttl: 5m}}\n\
          keys: {{cache: {{ttl: 300ms, negative_ttl: 300ms}}}}\nroutes: [{{path: /**}}]\n\
          plans: {{big: {{limits: [{{window: 1m, max: 1000000}}]}}}}\n\
-         rate_limit: {{default_plan: big, anonymous_plan: big}}\n{extra}",
+         rate_limit: {{default_plan: big, anonymous_plan: big}}\n\
+         auth: {{failed_attempts: {{max: 1000000, window: 1m}}}}\n{extra}",
         up.url(),
         redis.url()
     );

@@ -521,7 +521,17 @@ async fn observe_mode_forwards_a_bad_token_as_observe_denied() {
 async fn an_edited_jwks_file_is_reloaded_without_a_signal() {
     let (up, redis) = (EchoUpstream::start(), RedisServer::start());
     let (old, new) = (ec_key(), ec_key());
-    let kw = start_jwks(&up, &redis, &json!({"keys": [old.jwk("a")]}));
+    // The poll below presents a token that fails until the reload, every
+    // 10 ms: more than failed-attempt throttling (SPEC §11) allows one IP.
+    let kw = Keyward::builder()
+        .config(&config(
+            &up,
+            &redis,
+            &jwt_block("jwks_file: jwks.json", ""),
+            "auth: {failed_attempts: {max: 100000, window: 1s}}\n",
+        ))
+        .file("jwks.json", json!({"keys": [old.jwk("a")]}).to_string())
+        .start();
     let new_token = new.sign("b", &claims("svc", "jobs:read"));
     assert_invalid(&get(&kw, "/v1/jobs", &new_token).await, "invalid_token");
     // Replaced atomically, as a Kubernetes Secret update does.

@@ -213,7 +213,9 @@ async fn every_401_has_its_own_code_and_challenge() {
 #[tokio::test]
 async fn malformed_keys_cost_no_redis_command_and_unknown_keys_one_then_none() {
     let (up, redis) = (EchoUpstream::start(), RedisServer::start());
-    let cfg = redis_cfg(&up, &redis, "");
+    // 60 failed checks from one IP: more than failed-attempt throttling
+    // (SPEC §11) allows by default.
+    let cfg = redis_cfg(&up, &redis, "auth: {failed_attempts: {max: 1000, window: 1m}}\n");
     let kw = Keyward::start(&cfg.yaml);
     let before = lookups(&redis);
     for i in 0..50 {
@@ -481,9 +483,12 @@ fn memory_store_keys_created_by_the_cli_are_served_without_a_restart() {
     let mut kw = Keyward::builder()
         .config(&format!(
             "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nupstream: {{url: \"{}\"}}\n\
-             store: {{kind: memory, memory: {{keys_file: keys.yaml}}}}\nroutes: [{{path: /**}}]\n",
+             store: {{kind: memory, memory: {{keys_file: keys.yaml}}}}\nroutes: [{{path: /**}}]\n\
+             auth: {{failed_attempts: {{max: 100000, window: 1s}}}}\n",
             up.url()
         ))
+        // (The poll below presents the key until it is known: failed
+        // attempts, too many for the default throttling.)
         .file("keys.yaml", "keys: []\n")
         .start();
     let cfg_path = kw.config_path().to_str().expect("path").to_string();

@@ -146,6 +146,21 @@ impl Deny {
             || matches!(self, Deny::AmbiguousCredentials)
     }
 
+    /// A failed credential check, counted by failed-attempt throttling
+    /// (SPEC §11): a presented key or token that is no good. A missing
+    /// credential, two of them, a missing scope or a store outage are not.
+    pub fn is_credential_failure(&self) -> bool {
+        matches!(
+            self,
+            Deny::MalformedKey
+                | Deny::UnknownKey
+                | Deny::KeyRevoked
+                | Deny::KeyExpired
+                | Deny::InvalidToken
+                | Deny::TokenExpired
+        )
+    }
+
     /// Whether a credential was presented (decides `error="invalid_token"`
     /// in `WWW-Authenticate`, RFC 6750 §3.1).
     pub fn credential_presented(&self) -> bool {

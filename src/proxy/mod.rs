@@ -48,6 +48,7 @@ use crate::auth::keyring::{Found, Keyring};
 use crate::clock;
 use crate::config::{AuthMode, LimitBy, Mode, RouteRateLimit};
 use crate::mgmt::{self, Management};
+use crate::ratelimit::lockout::{Counted, IpGroup};
 use crate::ratelimit::{Decision, LimitError, PlanSpec};
 use crate::routes::{self, Route};
 use crate::runtime::Runtime;
@@ -289,7 +290,7 @@ impl Proxy {
         caller.route = route.map(|r| r.index);
 
         // 3–7: who is calling, and may they?
-        let identity = match self.decide(rt, &req, route, caller, started).await {
+        let identity = match self.decide(rt, &req, route, peer, caller, started).await {
             Ok(identity) => identity,
             Err(deny) if rt.config.mode == Mode::Observe => {
                 // Observe mode: the decision is recorded, the request goes on.
@@ -341,7 +342,7 @@ impl Proxy {
             refused => return Ok(refused.refusal(rid).unwrap_or_default().map(Either::Right)),
         };
         let route = endpoint.route(label);
-        let identity = self.decide(rt, &req, Some(&route), caller, started).await?;
+        let identity = self.decide(rt, &req, Some(&route), peer, caller, started).await?;
         // SPEC §8: keys manage keys. A JWT, however valid, is not a
         // credential here (RFC 6750 `invalid_token`: invalid for this
         // resource); refused before it costs a rate-limit unit.
@@ -444,6 +445,7 @@ impl Proxy {
         rt: &Runtime,
         req: &Request<Incoming>,
         route: Option<&Route>,
+        peer: &Peer,
         caller: &mut Caller,
         started: Instant,
     ) -> Result<Identity, Deny> {
@@ -453,19 +455,85 @@ impl Proxy {
         }
 
         // 3. extract: at most one credential (SPEC §4).
-        let presented = extract::extract_presented(req.headers(), &rt.config.keys.sources)
-            .map_err(|e| match e {
-                ExtractError::Ambiguous => Deny::AmbiguousCredentials,
-                ExtractError::Malformed => Deny::MalformedKey,
-            })?;
-        let Some(presented) = presented else {
+        let presented = match extract::extract_presented(req.headers(), &rt.config.keys.sources) {
+            Err(ExtractError::Ambiguous) => return Err(Deny::AmbiguousCredentials),
+            Err(ExtractError::Malformed) => Err(Deny::MalformedKey),
+            Ok(Some(presented)) => Ok(presented),
             // An optional route admits the anonymous; a presented credential
             // is never downgraded to anonymous (SPEC §3).
-            return match route.auth {
-                AuthMode::Optional => Ok(Identity::Anonymous),
-                _ => Err(Deny::MissingCredentials),
-            };
+            Ok(None) => {
+                return match route.auth {
+                    AuthMode::Optional => Ok(Identity::Anonymous),
+                    _ => Err(Deny::MissingCredentials),
+                }
+            }
         };
+
+        // 3b. failed-attempt throttling (SPEC §11): a locked-out client IP
+        // is refused before its credential costs a parse or a lookup (a
+        // local check, see `ratelimit::lockout`); otherwise a failed check
+        // is counted, and may lock it.
+        let Some(limiter) = &rt.limiter else {
+            return self.authenticate(rt, presented?, route, caller, started).await;
+        };
+        let group = IpGroup::of(rt.headers.client_ip(peer.addr.ip(), req.headers()));
+        if let Some(retry_after) = limiter.lockouts().locked_out(group, clock::now()) {
+            self.metrics.auth_lockout_refusals.inc();
+            return Err(Deny::RateLimited { retry_after });
+        }
+        let result = match presented {
+            Ok(presented) => self.authenticate(rt, presented, route, caller, started).await,
+            Err(deny) => Err(deny),
+        };
+        match result {
+            Err(deny) if deny.is_credential_failure() => {
+                let limits = &rt.config.auth.failed_attempts;
+                match limiter.count_failure(group, limits, clock::now()).await {
+                    Counted::Below => Err(deny),
+                    Counted::Locked { new_episode, .. } => {
+                        self.lockout_began(new_episode, group, rt);
+                        Err(deny)
+                    }
+                    // Another replica filled the shared count: this IP was
+                    // locked already, and this replica learns it now.
+                    Counted::AlreadyLocked { retry_after, new_episode } => {
+                        self.lockout_began(new_episode, group, rt);
+                        self.metrics.auth_lockout_refusals.inc();
+                        Err(Deny::RateLimited { retry_after })
+                    }
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The `auth.lockout` event and metric, once per lockout episode on
+    /// this replica (SPEC §11). The client IP group, never a credential.
+    fn lockout_began(&self, new_episode: bool, group: IpGroup, rt: &Runtime) {
+        if !new_episode {
+            return;
+        }
+        self.metrics.auth_lockouts.inc();
+        let limits = &rt.config.auth.failed_attempts;
+        warn!(
+            target: "keyward::audit",
+            client_ip = %group,
+            count = limits.max,
+            window_seconds = limits.window.as_secs_f64(),
+            "auth.lockout"
+        );
+    }
+
+    /// Phases 4–6 for a presented credential: parse, look up, state,
+    /// scopes.
+    async fn authenticate(
+        &self,
+        rt: &Runtime,
+        presented: Presented<'_>,
+        route: &Route,
+        caller: &mut Caller,
+        started: Instant,
+    ) -> Result<Identity, Deny> {
         let key = presented.credential.as_str();
 
         // 4. parse: a key (format and checksum, no I/O) or a JWT; then

@@ -9,6 +9,8 @@
 //!   over the key store's own connection (`RedisStore::eval_script`).
 //! - [`memory`]: the same semantics in process: THE limiter of the memory
 //!   store, and the degraded limiter of `failure_mode: local`.
+//! - [`lockout`]: failed-attempt throttling (SPEC §11): failures counted
+//!   with the same script and math, lockouts checked from a local cache.
 //!
 //! # Failure modes (SPEC §11)
 //! With the Redis store, a decision Redis can't give (down, timed out past
@@ -23,6 +25,7 @@
 //! [`Limiter::reconfigured`] takes a new `failure_mode` / `replicas_hint`
 //! while keeping the in-memory counts.
 
+pub mod lockout;
 pub mod memory;
 pub mod redis;
 pub mod window;
@@ -183,6 +186,12 @@ pub struct Decision {
     /// `Retry-After` for a denial: whole seconds ≥ 1 after which one request
     /// is admitted if nothing else is spent (SPEC §5); 0 when allowed.
     pub retry_after: u64,
+    /// Milliseconds until one MORE request would be admitted, counting this
+    /// decision: the refusal's wait, or, for an admission that spent a
+    /// window's last unit, the wait before the next one; 0 while another
+    /// would pass now. Failed-attempt throttling locks an IP this long
+    /// (SPEC §11, `lockout.rs`).
+    pub next_wait_ms: u64,
     pub source: DecisionSource,
 }
 
@@ -202,13 +211,18 @@ impl Decision {
     ) -> Decision {
         let mut windows = SmallVec::with_capacity(plan.windows.len());
         let mut wait_ms = 0;
+        let mut next_wait_ms = 0;
         for (i, c) in counts.iter().enumerate().take(plan.windows.len()) {
             let w = plan.window(i, divisor);
             let after = if allowed { c.plus_one() } else { *c };
+            let remaining = w.remaining(after);
+            if remaining == 0 {
+                next_wait_ms = next_wait_ms.max(w.wait_ms(after));
+            }
             windows.push(WindowState {
                 seconds: plan.windows[i].seconds,
                 max: w.max,
-                remaining: w.remaining(after),
+                remaining,
                 reset: w.reset_secs(*c),
             });
             if !allowed {
@@ -217,7 +231,7 @@ impl Decision {
             }
         }
         let retry_after = if allowed { 0 } else { window::retry_after_secs(wait_ms) };
-        Decision { allowed, windows, retry_after, source }
+        Decision { allowed, windows, retry_after, next_wait_ms, source }
     }
 
     /// `failure_mode: open` with Redis unreachable: admitted, and headers
@@ -233,7 +247,13 @@ impl Decision {
                 reset: w.seconds,
             })
             .collect();
-        Decision { allowed: true, windows, retry_after: 0, source: DecisionSource::FailOpen }
+        Decision {
+            allowed: true,
+            windows,
+            retry_after: 0,
+            next_wait_ms: 0,
+            source: DecisionSource::FailOpen,
+        }
     }
 
     /// The `decision` label of `keyward_rate_limit_decisions_total`:
@@ -331,6 +351,9 @@ pub struct Limiter {
     failure_mode: RateLimitFailureMode,
     /// `max(1, replicas_hint)`.
     replicas: u64,
+    /// Failed-attempt lockouts (SPEC §11, `lockout.rs`): kept across
+    /// reloads like the counts.
+    lockouts: Arc<lockout::Lockouts>,
 }
 
 #[derive(Clone)]
@@ -389,6 +412,7 @@ impl Limiter {
             degraded: Arc::new(AtomicBool::new(false)),
             failure_mode: config.rate_limit.failure_mode,
             replicas,
+            lockouts: Arc::new(lockout::Lockouts::new(origin, origin_unix_ms)),
         }
     }
 
@@ -488,6 +512,7 @@ mod tests {
             allowed: true,
             windows: windows.iter().copied().collect(),
             retry_after: 0,
+            next_wait_ms: 0,
             source: DecisionSource::Redis,
         }
     }

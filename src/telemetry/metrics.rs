@@ -6,8 +6,8 @@
 
 use http::Method;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// What happened to one request; the `outcome` label of
@@ -98,6 +98,11 @@ pub struct Metrics {
     /// `plan`, `decision`: allowed, limited, local (degraded, Redis down),
     /// error_open, error_closed.
     pub rate_limit_decisions: IntCounterVec,
+    /// Failed-attempt lockouts this replica began (SPEC §11): one per
+    /// `auth.lockout` event.
+    pub auth_lockouts: IntCounter,
+    /// Requests refused (429) because their client IP was locked out.
+    pub auth_lockout_refusals: IntCounter,
 }
 
 impl Metrics {
@@ -185,6 +190,16 @@ impl Metrics {
             &["plan", "decision"],
         )
         .expect("static metric definition");
+        let auth_lockouts = IntCounter::new(
+            "keyward_auth_lockouts_total",
+            "Client IPs (IPv6: /64s) locked out for too many failed credential checks; one per auth.lockout event.",
+        )
+        .expect("static metric definition");
+        let auth_lockout_refusals = IntCounter::new(
+            "keyward_auth_lockout_refusals_total",
+            "Requests refused with 429 because their client IP was locked out after failed credential checks.",
+        )
+        .expect("static metric definition");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -199,6 +214,8 @@ impl Metrics {
             Box::new(store_up.clone()),
             Box::new(revocation_lag.clone()),
             Box::new(rate_limit_decisions.clone()),
+            Box::new(auth_lockouts.clone()),
+            Box::new(auth_lockout_refusals.clone()),
         ] {
             registry.register(c).expect("each collector is registered once");
         }
@@ -216,6 +233,8 @@ impl Metrics {
             store_up,
             revocation_lag,
             rate_limit_decisions,
+            auth_lockouts,
+            auth_lockout_refusals,
         }
     }
 
