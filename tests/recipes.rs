@@ -284,7 +284,7 @@ fn url_shortener_anonymous_limits_key_holders_admin_and_creation_cap() {
 }
 
 #[test]
-fn admin_panel_write_implies_read_expiry_and_instant_revocation() {
+fn admin_panel_write_implies_read_expiry_instant_revocation_and_throttling() {
     let r = start("admin-panel.yaml", &[]);
     let (id, ops) = r.create("ops", &["--scopes", "projects:write,tasks:read"]);
 
@@ -309,8 +309,19 @@ fn admin_panel_write_implies_read_expiry_and_instant_revocation() {
     assert_problem(&r.call("POST", "/api/backups", Some(&ci)), 401, "key_expired");
 
     // Revocation takes effect at once (the key was cached by the calls above).
+    let (_, good) = r.create("ops", &["--scopes", "projects:read"]);
     r.keys(&["revoke", &id]);
     assert_problem(&r.call("GET", "/api/projects/7", Some(&ops)), 401, "key_revoked");
+
+    // Throttled: 10 failed credential checks within 5 minutes (two above:
+    // expired, revoked) lock this client IP out, a valid key included.
+    for _ in 0..8 {
+        assert_problem(&r.call("GET", "/api/projects/7", Some(&ops)), 401, "key_revoked");
+    }
+    let locked = r.call("GET", "/api/projects/7", Some(&ops));
+    assert_problem(&locked, 429, "rate_limited");
+    assert!(locked.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n > 0)));
+    assert_problem(&r.call("GET", "/api/projects/7", Some(&good)), 429, "rate_limited");
 }
 
 /// Claims the geo recipe accepts.
