@@ -19,8 +19,6 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use support::http::{self as h, Response};
 use support::keyward::Keyward;
-use support::redis::RedisServer;
-use support::upstream::EchoUpstream;
 use webdriver::Browser;
 
 const API: &str = "/_keyward/v1";
@@ -32,41 +30,14 @@ const PLANS: &str = "plans:\n  free: {limits: [{window: 1m, max: 10000}]}\n  \
                      anonymous: {limits: [{window: 1m, max: 100}]}\n";
 const CONSOLE_ON: &str = "management_api: {console: true}\n";
 
-struct Setup {
-    _redis: RedisServer,
-    _up: EchoUpstream,
-    kw: Keyward,
-    _dir: tempfile::TempDir,
-    config: PathBuf,
-}
+type Setup = support::stack::RedisStack;
 
 fn start(extra: &str) -> Setup {
-    let redis = RedisServer::start();
-    let up = EchoUpstream::start();
-    let yaml = format!("{}{PLANS}{extra}", support::redis_config_yaml(&up.url(), &redis.url()));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("keyward.yaml");
-    std::fs::write(&config, &yaml).expect("write config");
-    let kw = Keyward::start(&yaml);
-    Setup { _redis: redis, _up: up, kw, _dir: dir, config }
+    Setup::start(&format!("{PLANS}{extra}"))
 }
 
-impl Setup {
-    /// `keyward keys create --json` -> (id, key).
-    fn cli_key(&self, owner: &str, name: &str, scopes: &str) -> (String, String) {
-        let config = self.config.to_str().expect("utf-8 path");
-        let out = support::keyward::run(&[
-            "keys", "--config", config, "create", "--owner", owner, "--name", name, "--scopes",
-            scopes, "--json",
-        ]);
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-        let v: Value = serde_json::from_slice(&out.stdout).expect("create --json is JSON");
-        (v["id"].as_str().expect("id").to_owned(), v["key"].as_str().expect("key").to_owned())
-    }
-
-    fn console_url(&self) -> String {
-        self.kw.url(&format!("{API}/console"))
-    }
+fn console_url(s: &Setup) -> String {
+    s.kw.url(&format!("{API}/console"))
 }
 
 fn proxied(kw: &Keyward, key: &str) -> Response {
@@ -118,7 +89,7 @@ fn console_signs_in_creates_revokes_and_rotates_keys_in_a_real_browser() {
     let shots = screenshots();
 
     let b = Browser::start(1280, 900);
-    b.goto(&s.console_url());
+    b.goto(&console_url(&s));
     b.wait("#signin-key");
     b.screenshot(&shots.join("signin.png"));
 
@@ -250,7 +221,7 @@ fn console_signs_in_creates_revokes_and_rotates_keys_in_a_real_browser() {
 #[test]
 fn console_responses_carry_strict_security_headers() {
     let s = start(CONSOLE_ON);
-    let index = h::get_blocking(&s.console_url(), &[]);
+    let index = h::get_blocking(&console_url(&s), &[]);
     assert_eq!(index.status, 200, "the page itself needs no key");
     assert_eq!(index.header("content-type"), Some("text/html; charset=utf-8"));
     assert_eq!(index.header("cache-control"), Some("no-store"));
@@ -269,7 +240,7 @@ fn console_responses_carry_strict_security_headers() {
     assert_eq!(stale.header("cache-control"), Some("no-cache"));
     let missing = h::get_blocking(&s.kw.url(&format!("{API}/console/nope.js")), &[]);
     assert_eq!(missing.status, 404);
-    let post = h::request_blocking("POST", &s.console_url(), &[], Bytes::new());
+    let post = h::request_blocking("POST", &console_url(&s), &[], Bytes::new());
     assert_eq!((post.status, post.header("allow")), (405, Some("GET, HEAD")));
     for resp in [&index, &js, &css, &stale, &missing, &post] {
         assert_eq!(resp.header("content-security-policy"), Some(CSP));

@@ -5,14 +5,12 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
 use support::http::{self as h, Response};
 use support::keyward::Keyward;
-use support::redis::RedisServer;
 use support::upstream::EchoUpstream;
 
 const API: &str = "/_keyward/v1";
@@ -22,48 +20,10 @@ const API: &str = "/_keyward/v1";
 const PLANS: &str = "plans:\n  free: {limits: [{window: 1m, max: 10000}]}\n  \
                      anonymous: {limits: [{window: 1m, max: 100}]}\n";
 
-/// A Redis-backed keyward and what it needs, with a config file the CLI
-/// can use too.
-struct Setup {
-    redis: RedisServer,
-    up: EchoUpstream,
-    kw: Keyward,
-    _dir: tempfile::TempDir,
-    config: PathBuf,
-}
+type Setup = support::stack::RedisStack;
 
 fn start(extra: &str) -> Setup {
-    let redis = RedisServer::start();
-    let up = EchoUpstream::start();
-    let yaml = format!("{}{PLANS}{extra}", support::redis_config_yaml(&up.url(), &redis.url()));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("keyward.yaml");
-    std::fs::write(&config, &yaml).expect("write config");
-    let kw = Keyward::start(&yaml);
-    Setup { redis, up, kw, _dir: dir, config }
-}
-
-impl Setup {
-    /// `keyward keys create --json` (the operator's bootstrap) -> (id, key).
-    fn cli_key(&self, owner: &str, scopes: &str) -> (String, String) {
-        let out =
-            self.cli(&["create", "--owner", owner, "--name", "boot", "--scopes", scopes, "--json"]);
-        let v: Value = serde_json::from_slice(&out).expect("create --json is JSON");
-        (v["id"].as_str().expect("id").to_owned(), v["key"].as_str().expect("key").to_owned())
-    }
-
-    fn cli(&self, args: &[&str]) -> Vec<u8> {
-        let mut all = vec!["keys", "--config", self.config.to_str().expect("utf-8 path")];
-        all.extend_from_slice(args);
-        let out = support::keyward::run(&all);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
+    Setup::start(&format!("{PLANS}{extra}"))
 }
 
 fn bearer(key: &str) -> String {
@@ -111,7 +71,7 @@ fn today() -> String {
 #[test]
 fn created_key_is_shown_once_works_at_once_and_listings_never_leak_it() {
     let s = start("");
-    let (boot_id, boot) = s.cli_key("acme", "keys:write,jobs:read");
+    let (boot_id, boot) = s.cli_key("acme", "boot", "keys:write,jobs:read");
     let (id, key, body) = create(&s.kw, &boot, json!({"name": "ci", "scopes": ["jobs:read"]}));
     assert!(key.starts_with("kw_live_"), "{key}");
     assert_eq!(body["display_prefix"], key[..12]);
@@ -154,7 +114,7 @@ fn created_key_is_shown_once_works_at_once_and_listings_never_leak_it() {
 #[test]
 fn revoked_key_is_refused_at_once_and_rotation_keeps_the_old_key_for_its_grace() {
     let s = start("");
-    let (_, boot) = s.cli_key("acme", "keys:write,jobs:read");
+    let (_, boot) = s.cli_key("acme", "boot", "keys:write,jobs:read");
     let (id, key, _) = create(&s.kw, &boot, json!({"name": "a", "scopes": ["jobs:read"]}));
     assert_eq!(proxied(&s.kw, &key).status, 200); // cached now
     let resp = call(&s.kw, &boot, "DELETE", &format!("/keys/{id}"), None);
@@ -198,7 +158,7 @@ fn revoked_key_is_refused_at_once_and_rotation_keeps_the_old_key_for_its_grace()
 #[test]
 fn whoami_reports_identity_scopes_plan_and_rate_limit_state_for_any_key() {
     let s = start("");
-    let (id, key) = s.cli_key("acme", "jobs:read");
+    let (id, key) = s.cli_key("acme", "boot", "jobs:read");
     let first = call(&s.kw, &key, "GET", "/whoami", None);
     assert_eq!(first.status, 200, "{}", first.text());
     let v = first.json();
@@ -227,10 +187,10 @@ fn whoami_reports_identity_scopes_plan_and_rate_limit_state_for_any_key() {
 #[test]
 fn callers_can_neither_escalate_scopes_nor_reach_other_owners_keys() {
     let s = start("");
-    let (_, writer) = s.cli_key("acme", "keys:write,jobs:read");
-    let (_, reader) = s.cli_key("acme", "keys:read");
-    let (admin_id, admin) = s.cli_key("acme", "admin:all");
-    let (other_id, other_key) = s.cli_key("globex", "jobs:read");
+    let (_, writer) = s.cli_key("acme", "boot", "keys:write,jobs:read");
+    let (_, reader) = s.cli_key("acme", "boot", "keys:read");
+    let (admin_id, admin) = s.cli_key("acme", "boot", "admin:all");
+    let (other_id, other_key) = s.cli_key("globex", "boot", "jobs:read");
 
     // Granting what the caller lacks: 403, naming the scopes.
     for scopes in [
@@ -297,7 +257,7 @@ fn callers_can_neither_escalate_scopes_nor_reach_other_owners_keys() {
 #[test]
 fn active_key_cap_counts_keys_that_are_neither_revoked_nor_expired() {
     let s = start("management_api: {max_active_keys_per_owner: 3, creations_per_hour: 100}\n");
-    let (_, boot) = s.cli_key("acme", "keys:write"); // 1 active
+    let (_, boot) = s.cli_key("acme", "boot", "keys:write"); // 1 active
     let (first, _, _) = create(&s.kw, &boot, json!({"name": "a"})); // 2
     create(&s.kw, &boot, json!({"name": "b"})); // 3
     let resp = call(&s.kw, &boot, "POST", "/keys", Some(json!({"name": "c"})));
@@ -305,14 +265,14 @@ fn active_key_cap_counts_keys_that_are_neither_revoked_nor_expired() {
     assert_eq!(call(&s.kw, &boot, "DELETE", &format!("/keys/{first}"), None).status, 204);
     create(&s.kw, &boot, json!({"name": "c"}));
     // Other owners have their own cap.
-    let (_, globex) = s.cli_key("globex", "keys:write");
+    let (_, globex) = s.cli_key("globex", "boot", "keys:write");
     create(&s.kw, &globex, json!({"name": "g"}));
 }
 
 #[test]
 fn creations_per_hour_are_capped_per_owner_with_retry_after_but_not_for_the_cli() {
     let s = start("management_api: {creations_per_hour: 2}\n");
-    let (_, boot) = s.cli_key("acme", "keys:write");
+    let (_, boot) = s.cli_key("acme", "boot", "keys:write");
     create(&s.kw, &boot, json!({"name": "a"}));
     create(&s.kw, &boot, json!({"name": "b"}));
     let resp = call(&s.kw, &boot, "POST", "/keys", Some(json!({"name": "c"})));
@@ -321,8 +281,8 @@ fn creations_per_hour_are_capped_per_owner_with_retry_after_but_not_for_the_cli(
     assert!((3500..=3600).contains(&retry), "{retry}");
     assert_eq!(resp.json()["retry_after"].as_u64(), Some(retry));
     // The operator's CLI is not capped; another owner is not affected.
-    s.cli_key("acme", "jobs:read");
-    let (_, globex) = s.cli_key("globex", "keys:write");
+    s.cli_key("acme", "boot", "jobs:read");
+    let (_, globex) = s.cli_key("globex", "boot", "keys:write");
     create(&s.kw, &globex, json!({"name": "g"}));
     // The window lives in Redis, shared by every replica.
     assert_eq!(s.redis.keys("keyward:creations:*").len(), 2);
@@ -331,7 +291,7 @@ fn creations_per_hour_are_capped_per_owner_with_retry_after_but_not_for_the_cli(
 #[test]
 fn invalid_requests_are_422_naming_the_field() {
     let s = start("");
-    let (_, boot) = s.cli_key("acme", "keys:write,jobs:read");
+    let (_, boot) = s.cli_key("acme", "boot", "keys:write,jobs:read");
     let cases = [
         (json!({"name": "x", "colour": "red"}), "colour"),
         (json!({"scopes": ["jobs:read"]}), "name"),
@@ -371,7 +331,7 @@ fn invalid_requests_are_422_naming_the_field() {
 #[test]
 fn unknown_paths_are_404_wrong_methods_405_with_allow_and_nothing_is_forwarded() {
     let s = start("");
-    let (_, boot) = s.cli_key("acme", "keys:write");
+    let (_, boot) = s.cli_key("acme", "boot", "keys:write");
     let resp = call(&s.kw, &boot, "GET", "/nope", None);
     assert_eq!((resp.status, code(&resp)), (404, "route_not_found".to_owned()));
     let resp = call(&s.kw, &boot, "PUT", "/keys", None);
@@ -393,7 +353,7 @@ fn unknown_paths_are_404_wrong_methods_405_with_allow_and_nothing_is_forwarded()
 #[test]
 fn usage_per_day_shows_in_get_key_and_keys_show_and_is_flushed_to_redis() {
     let mut s = start("");
-    let (_, boot) = s.cli_key("acme", "keys:write,jobs:read");
+    let (_, boot) = s.cli_key("acme", "boot", "keys:write,jobs:read");
     let (id, key, _) = create(&s.kw, &boot, json!({"name": "counted", "scopes": ["jobs:read"]}));
     for _ in 0..3 {
         assert_eq!(proxied(&s.kw, &key).status, 200);

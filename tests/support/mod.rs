@@ -21,6 +21,7 @@ pub mod http;
 pub mod keyward;
 pub mod metrics;
 pub mod redis;
+pub mod stack;
 pub mod tls;
 pub mod upstream;
 
