@@ -23,6 +23,7 @@ fn table(n: usize) -> RouteTable {
         auth: AuthMode::Required,
         scopes: vec!["res:read".to_owned()],
         any_scopes: vec![],
+        environments: None,
         rate_limit: None,
         location: Location { line: 1, column: 1 },
     };

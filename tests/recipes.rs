@@ -168,6 +168,17 @@ fn job_queue_scopes_burst_limit_and_cli_rotation() {
     assert_problem(&r.call("GET", "/v1/dlq/emails", Some(&reader)), 403, "insufficient_scope");
     assert_problem(&r.call("GET", "/v1/other", Some(&reader)), 404, "route_not_found");
 
+    // A live-only route: a test key is refused whatever its scopes.
+    let (_, live_ops) = r.create("acme", &["--scopes", "queues:write", "--env", "live"]);
+    let (_, test_ops) = r.create("acme", &["--scopes", "queues:write", "--env", "test"]);
+    assert_ok(&r.call("POST", "/v1/queues/emails/purge", Some(&live_ops)));
+    assert_problem(
+        &r.call("POST", "/v1/queues/emails/purge", Some(&test_ops)),
+        403,
+        "wrong_environment",
+    );
+    assert_ok(&r.call("POST", "/v1/queues/emails", Some(&test_ops)));
+
     // Plans are advertised: the pro key's windows.
     let (_, pro) = r.create("bigco", &["--scopes", "jobs:read", "--plan", "pro"]);
     let resp = r.call("GET", "/v1/jobs", Some(&pro));

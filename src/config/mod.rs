@@ -501,7 +501,7 @@ store:
         assert_eq!(
             errors(yaml),
             ["keyward.yaml:4:5: routes[1].scope: unknown field `scope`, expected one of `path`, \
-              `methods`, `auth`, `scopes`, `any_scopes`, `rate_limit`"]
+              `methods`, `auth`, `scopes`, `any_scopes`, `environments`, `rate_limit`"]
         );
     }
 

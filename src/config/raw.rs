@@ -336,6 +336,7 @@ pub struct RawRoute {
     pub auth: Option<AuthMode>,
     pub scopes: Option<Vec<Text>>,
     pub any_scopes: Option<Vec<Text>>,
+    pub environments: Option<Vec<Text>>,
     pub rate_limit: Option<RawRouteRateLimit>,
 }
 

@@ -465,6 +465,9 @@ pub struct RouteConfig {
     pub scopes: Vec<String>,
     /// At least one required, when non-empty.
     pub any_scopes: Vec<String>,
+    /// Only keys of these environments (`keys.environments`) may use the
+    /// route; `None` = any. A JWT has no environment, so it is refused.
+    pub environments: Option<Vec<String>>,
     pub rate_limit: Option<RouteRateLimit>,
     /// Where the route's entry starts in the file (line 0 if unknown).
     pub location: Location,

@@ -81,7 +81,7 @@ pub(crate) fn validate(
     let trusted_proxies = ctx.trusted_proxies(raw.trusted_proxies.unwrap_or_default());
     let limits = ctx.limits(raw.limits.unwrap_or_default());
     let management_api = ctx.management_api(raw.management_api.unwrap_or_default());
-    let routes = ctx.routes(raw.routes.unwrap_or_default(), &plans);
+    let routes = ctx.routes(raw.routes.unwrap_or_default(), &plans, &keys.environments);
     let strip_headers = ctx.strip_headers(raw.strip_headers.unwrap_or_default());
     let allowed_hosts = raw.allowed_hosts.map(|hosts| ctx.allowed_hosts(hosts));
     let cors = raw.cors.and_then(|cors| ctx.cors(cors, &routes));
@@ -937,6 +937,7 @@ impl Ctx<'_> {
         &mut self,
         raw: Vec<RawRoute>,
         plans: &BTreeMap<String, PlanConfig>,
+        key_environments: &[String],
     ) -> Vec<RouteConfig> {
         let mut routes = Vec::new();
         for (i, route) in raw.into_iter().enumerate() {
@@ -968,6 +969,31 @@ impl Ctx<'_> {
                      use auth: required or optional, or drop the scopes",
                 );
             }
+            let environments = route.environments.map(|list| {
+                if auth == AuthMode::None {
+                    self.error(
+                        &format!("{base}.environments"),
+                        "auth: none takes no credential, so there is no key environment to \
+                         check; use auth: required, or drop environments",
+                    );
+                }
+                let mut out: Vec<String> = Vec::new();
+                for (j, env) in list.into_iter().enumerate() {
+                    if !key_environments.iter().any(|e| e == env.as_str()) {
+                        self.error(
+                            &format!("{base}.environments[{j}]"),
+                            format!(
+                                "{:?} is not one of keys.environments ({})",
+                                env.as_str(),
+                                key_environments.join(", ")
+                            ),
+                        );
+                    } else if !out.contains(&env.0) {
+                        out.push(env.0);
+                    }
+                }
+                out
+            });
             let rate_limit = route.rate_limit.map(|limit| {
                 let plan = match limit.plan {
                     Some(plan) => {
@@ -1002,6 +1028,7 @@ impl Ctx<'_> {
                 auth,
                 scopes,
                 any_scopes,
+                environments,
                 rate_limit,
                 location,
             });
@@ -1945,6 +1972,32 @@ routes:
                  to match every method",
             ]
         );
+    }
+
+    #[test]
+    fn route_environments_must_be_key_environments_and_need_a_credential() {
+        let yaml = "\
+keys: {environments: [live, test]}
+routes:
+  - path: /purge
+    environments: [live, live, staging]
+  - path: /open
+    auth: none
+    environments: [live]
+";
+        assert_eq!(
+            errors(yaml),
+            [
+                "k.yaml:4:32: routes[0].environments[2]: \"staging\" is not one of keys.environments \
+                 (live, test)",
+                "k.yaml:7:5: routes[1].environments: auth: none takes no credential, so there is no \
+                 key environment to check; use auth: required, or drop environments",
+            ]
+        );
+        let ok = "keys: {environments: [live, test]}\nroutes: [{path: /p, environments: [live, live]}]\n";
+        let config =
+            Config::from_yaml(ok, Path::new("k.yaml"), &Overrides::default()).expect("valid");
+        assert_eq!(config.routes[0].environments, Some(vec!["live".to_owned()]));
     }
 
     #[test]

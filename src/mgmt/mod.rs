@@ -193,6 +193,7 @@ impl Endpoint {
                 auth: AuthMode::Required,
                 scopes: self.scope().map(str::to_owned).into_iter().collect(),
                 any_scopes: Vec::new(),
+                environments: None,
                 rate_limit: None,
                 location: Location { line: 0, column: 0 },
             },

@@ -32,6 +32,9 @@ pub enum Deny {
     TokenExpired,
     /// 403 `insufficient_scope`; the scopes the route requires.
     InsufficientScope { required: Vec<String> },
+    /// 403 `wrong_environment`: the route takes keys of other environments
+    /// only (`routes[].environments`), e.g. a test key on a live-only route.
+    WrongEnvironment,
     /// 404 `route_not_found`.
     RouteNotFound,
     /// 405 `method_not_allowed` (TRACE, TRACK).
@@ -63,7 +66,7 @@ impl Deny {
             | Deny::KeyExpired
             | Deny::InvalidToken
             | Deny::TokenExpired => StatusCode::UNAUTHORIZED,
-            Deny::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Deny::InsufficientScope { .. } | Deny::WrongEnvironment => StatusCode::FORBIDDEN,
             Deny::RouteNotFound => StatusCode::NOT_FOUND,
             Deny::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -89,6 +92,7 @@ impl Deny {
             Deny::InvalidToken => "invalid_token",
             Deny::TokenExpired => "token_expired",
             Deny::InsufficientScope { .. } => "insufficient_scope",
+            Deny::WrongEnvironment => "wrong_environment",
             Deny::RouteNotFound => "route_not_found",
             Deny::MethodNotAllowed => "method_not_allowed",
             Deny::BodyTooLarge => "body_too_large",
@@ -116,6 +120,7 @@ impl Deny {
             Deny::InvalidToken => "The bearer token is not valid",
             Deny::TokenExpired => "The bearer token has expired",
             Deny::InsufficientScope { .. } => "The credential lacks a scope this route requires",
+            Deny::WrongEnvironment => "This route takes keys of another environment",
             Deny::RouteNotFound => "No route matches this path and method",
             Deny::MethodNotAllowed => "This method is not allowed",
             Deny::BodyTooLarge => "The request body is larger than allowed",

@@ -565,7 +565,13 @@ impl Proxy {
             KeyState::Expired => return Err(Deny::KeyExpired),
         }
 
-        // 6. authorise: the route's scopes (SPEC §3).
+        // 6. authorise: the key's environment when the route names some,
+        // then the route's scopes (SPEC §3).
+        if let Some(envs) = &route.environments {
+            if !record.env().is_some_and(|e| envs.iter().any(|allowed| allowed == e)) {
+                return Err(Deny::WrongEnvironment);
+            }
+        }
         rt.grants
             .check(record.scopes(), route)
             .map_err(|required| Deny::InsufficientScope { required })?;
@@ -736,7 +742,11 @@ fn decide_token(
     }
     caller.token = Some(token.clone());
 
-    // 6. authorise: the route's scopes (SPEC §3), as for keys.
+    // 6. authorise: a token has no key environment, so a route limited to
+    // some refuses it; then the route's scopes (SPEC §3), as for keys.
+    if route.environments.is_some() {
+        return Err(Deny::WrongEnvironment);
+    }
     rt.grants
         .check(token.scopes.iter().map(String::as_str), route)
         .map_err(|required| Deny::InsufficientScope { required })?;

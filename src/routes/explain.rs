@@ -162,6 +162,9 @@ fn write_text(table: &RouteTable, e: &Explained<'_, '_>, out: &mut String) -> st
                 if route.scopes.is_empty() && route.any_scopes.is_empty() {
                     writeln!(out, "              any valid credential passes")?;
                 }
+                if let Some(envs) = &route.environments {
+                    writeln!(out, "  env:        keys of {} only (no tokens)", envs.join(", "))?;
+                }
             }
             writeln!(out, "  rate limit: {}", rate_limit_text(table, route))?;
             writeln!(out, "  metrics:    route=\"{}\"", route.path)?;
@@ -247,6 +250,7 @@ fn route_json(table: &RouteTable, route: &Route) -> Value {
         "auth": route.auth.as_str(),
         "scopes": route.scopes,
         "any_scopes": route.any_scopes,
+        "environments": route.environments,
         "rate_limit": route.rate_limit.as_ref().map(|l| json!({"plan": l.plan, "by": l.by.as_str()})),
         "rate_limit_text": rate_limit_text(table, route),
     })

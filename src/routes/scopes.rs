@@ -209,6 +209,7 @@ mod tests {
                 auth: crate::config::AuthMode::Required,
                 scopes: held(scopes),
                 any_scopes: held(any_scopes),
+                environments: None,
                 rate_limit: None,
                 location: crate::config::Location { line: 1, column: 1 },
             },

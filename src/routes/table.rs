@@ -902,6 +902,7 @@ routes:
                 auth: AuthMode::None,
                 scopes: vec![],
                 any_scopes: vec![],
+                environments: None,
                 rate_limit: None,
                 location: Location { line: i + 1, column: 3 },
             })
