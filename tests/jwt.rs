@@ -562,3 +562,21 @@ async fn a_token_does_not_open_the_management_api_which_takes_keys() {
     assert!(up.last().is_none(), "nothing under the management prefix is forwarded");
     assert_never_logged(&kw, &token);
 }
+
+#[tokio::test]
+async fn a_route_limited_to_key_environments_refuses_tokens() {
+    let (up, redis) = (EchoUpstream::start(), RedisServer::start());
+    let jwt = jwt_block("hs256_secret_env: KEYWARD_JWT_SECRET", "");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nupstream: {{url: \"{}\"}}\n\
+         store: {{kind: redis, redis: {{url: \"{}\", timeout: 2s}}}}\n{jwt}\
+         routes:\n  - {{path: /live/**, environments: [live]}}\n  - {{path: /any/**}}\n",
+        up.url(),
+        redis.url()
+    );
+    let kw = Keyward::builder().config(&yaml).env("KEYWARD_JWT_SECRET", SECRET).start();
+    let token = hs256(&claims("alice", "jobs:read"));
+    assert_eq!(get(&kw, "/any/x", &token).await.status, 200, "control: the token is valid");
+    assert_problem(&get(&kw, "/live/x", &token).await, 403, "wrong_environment");
+    assert_eq!(up.count(), 1, "the refused request never reached the upstream");
+}
