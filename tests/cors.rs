@@ -11,30 +11,12 @@ use support::http::{self as h, Response};
 use support::keyward::Keyward;
 use support::redis::RedisServer;
 use support::upstream::EchoUpstream;
-use support::{AUTH, TEST_KEY_HASH};
+use support::AUTH;
 
 const APP: &str = "https://app.example";
 
 fn provision(redis: &RedisServer) {
-    redis
-        .cmd(&[
-            "HSET",
-            &format!("keyward:key:{TEST_KEY_HASH}"),
-            "id",
-            "key_cors",
-            "name",
-            "cors",
-            "owner",
-            "acme",
-            "scopes",
-            "jobs:read",
-            "created_at",
-            "1700000000",
-            "display_prefix",
-            "kw_test_znS7",
-        ])
-        .expect("HSET");
-    redis.cmd(&["SET", "keyward:id:key_cors", TEST_KEY_HASH]).expect("SET");
+    redis.provision_test_key("key_cors", "jobs:read", None, None);
 }
 
 fn start(up: &EchoUpstream, redis: &RedisServer) -> Keyward {

@@ -25,7 +25,7 @@ use support::http::get_blocking;
 use support::keyward::Keyward;
 use support::redis::RedisServer;
 use support::upstream::EchoUpstream;
-use support::{AUTH, TEST_KEY_HASH};
+use support::AUTH;
 
 /// Every metric keyward exports: SPEC §9's list, §11's revocation lag, and
 /// the open-connections gauge. The exposition test below checks that the
@@ -102,27 +102,7 @@ fn unknown_key() -> String {
 }
 
 fn provision(redis: &RedisServer) {
-    redis
-        .cmd(&[
-            "HSET",
-            &format!("keyward:key:{TEST_KEY_HASH}"),
-            "id",
-            "key_ops",
-            "name",
-            "ops",
-            "owner",
-            "acme",
-            "scopes",
-            "jobs:read",
-            "plan",
-            "free",
-            "created_at",
-            "1700000000",
-            "display_prefix",
-            "kw_test_znS7",
-        ])
-        .expect("HSET");
-    redis.cmd(&["SET", "keyward:id:key_ops", TEST_KEY_HASH]).expect("SET");
+    redis.provision_test_key("key_ops", "jobs:read", Some("free"), None);
 }
 
 fn ops_config(upstream: &str, redis: &str, mode: &str) -> String {

@@ -14,7 +14,7 @@ use support::http::{self as h, Response};
 use support::keyward::Keyward;
 use support::redis::RedisServer;
 use support::upstream::EchoUpstream;
-use support::{AUTH, TEST_KEY_HASH};
+use support::AUTH;
 
 const COMMON: &str = "auth: {failed_attempts: {max: 3, window: 2s}}
 plans:
@@ -37,20 +37,7 @@ fn redis_yaml(up: &EchoUpstream, redis: &RedisServer, extra: &str) -> String {
 
 /// TEST_KEY in Redis, with `jobs:read`.
 fn provision(redis: &RedisServer) {
-    redis
-        .cmd(&[
-            "HSET",
-            &format!("keyward:key:{TEST_KEY_HASH}"),
-            "id",
-            "key_lo",
-            "owner",
-            "acme",
-            "scopes",
-            "jobs:read",
-            "display_prefix",
-            "kw_test_znS7",
-        ])
-        .expect("HSET");
+    redis.provision_test_key("key_lo", "jobs:read", None, None);
 }
 
 /// A well-formed key (valid checksum) that no store knows, different each call.

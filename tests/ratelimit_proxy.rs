@@ -12,7 +12,7 @@ use support::http::{self as h, Response};
 use support::keyward::Keyward;
 use support::redis::RedisServer;
 use support::upstream::EchoUpstream;
-use support::{AUTH, TEST_KEY_HASH};
+use support::AUTH;
 
 /// keyward on `redis` with TEST_KEY provisioned directly in Redis.
 fn keyward(up: &EchoUpstream, redis: &RedisServer, extra: &str) -> Keyward {
@@ -26,27 +26,7 @@ fn keyward(up: &EchoUpstream, redis: &RedisServer, extra: &str) -> Keyward {
 }
 
 fn provision(redis: &RedisServer, plan: &str) {
-    redis
-        .cmd(&[
-            "HSET",
-            &format!("keyward:key:{TEST_KEY_HASH}"),
-            "id",
-            "key_rl",
-            "name",
-            "rl",
-            "owner",
-            "acme",
-            "scopes",
-            "jobs:read",
-            "plan",
-            plan,
-            "created_at",
-            "1700000000",
-            "display_prefix",
-            "kw_test_znS7",
-        ])
-        .expect("HSET");
-    redis.cmd(&["SET", "keyward:id:key_rl", TEST_KEY_HASH]).expect("SET");
+    redis.provision_test_key("key_rl", "jobs:read", Some(plan), None);
 }
 
 fn code(r: &Response) -> String {

@@ -22,7 +22,7 @@ use support::http as h;
 use support::keyward::{self as kwd, Keyward};
 use support::redis::RedisServer;
 use support::upstream::{EchoUpstream, Recorded};
-use support::{AUTH, TEST_KEY_HASH};
+use support::AUTH;
 
 const SECRET: &str = "signing-secret-of-at-least-32-bytes!!";
 const OTHER: &str = "another-signing-secret-32-bytes-long!";
@@ -46,29 +46,7 @@ fn snippet(name: &str) -> PathBuf {
 }
 
 fn provision(redis: &RedisServer) {
-    redis
-        .cmd(&[
-            "HSET",
-            &format!("keyward:key:{TEST_KEY_HASH}"),
-            "id",
-            "key_sig",
-            "name",
-            "sig",
-            "owner",
-            "acme",
-            "env",
-            "test",
-            "scopes",
-            "jobs:read jobs:write",
-            "plan",
-            "free",
-            "created_at",
-            "1700000000",
-            "display_prefix",
-            "kw_test_znS7",
-        ])
-        .expect("HSET");
-    redis.cmd(&["SET", "keyward:id:key_sig", TEST_KEY_HASH]).expect("SET");
+    redis.provision_test_key("key_sig", "jobs:read jobs:write", Some("free"), Some("test"));
 }
 
 /// Routes: `/**` needs a key (or JWT), `/public/**` is anonymous; signing

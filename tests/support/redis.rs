@@ -175,6 +175,31 @@ impl RedisServer {
     pub fn get(&self, key: &str) -> Option<String> {
         self.cmd(&["GET", key]).expect("GET").as_str().map(str::to_owned)
     }
+
+    /// Writes [`super::TEST_KEY`]'s record in SPEC §4's layout under the
+    /// default `keyward:` prefix (owner `acme`, space-separated `scopes`),
+    /// as another system provisioning keys would, plus its `id:` index.
+    pub fn provision_test_key(
+        &self,
+        id: &str,
+        scopes: &str,
+        plan: Option<&str>,
+        env: Option<&str>,
+    ) {
+        let hash = super::TEST_KEY_HASH;
+        let record = format!("keyward:key:{hash}");
+        let mut args =
+            vec!["HSET", &record, "id", id, "name", id, "owner", "acme", "scopes", scopes];
+        args.extend(["created_at", "1700000000", "display_prefix", "kw_test_znS7"]);
+        if let Some(plan) = plan {
+            args.extend(["plan", plan]);
+        }
+        if let Some(env) = env {
+            args.extend(["env", env]);
+        }
+        self.cmd(&args).expect("HSET");
+        self.cmd(&["SET", &format!("keyward:id:{id}"), hash]).expect("SET");
+    }
 }
 
 impl Drop for RedisServer {
