@@ -165,12 +165,7 @@ pub async fn run(
     let (stop_admin, admin_stopped) = watch::channel(false);
     let (stop_background, background_stopped) = watch::channel(false);
     let mut background = vec![
-        tokio::spawn(flush_last_used(
-            keyring.clone(),
-            management.clone(),
-            metrics.clone(),
-            background_stopped.clone(),
-        )),
+        tokio::spawn(flush_last_used(keyring.clone(), metrics.clone(), background_stopped.clone())),
         tokio::spawn(watch_store(keyring.clone(), metrics.clone(), background_stopped.clone())),
     ];
     if let Some(sub) = subscribe(&config, &keyring, &metrics, background_stopped) {
@@ -355,7 +350,6 @@ const LAST_USED_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
 /// request path, and once more at shutdown.
 async fn flush_last_used(
     keyring: Arc<Keyring>,
-    management: Arc<Management>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -364,20 +358,19 @@ async fn flush_last_used(
             _ = tokio::time::sleep(LAST_USED_FLUSH) => false,
             _ = stop.changed() => true,
         };
-        let batch = keyring.last_used.drain();
+        let (batch, usage) = keyring.cache.drain_pending();
         if !batch.is_empty() {
             if let Err(e) = keyring.store.touch_last_used(&batch).await {
                 metrics.store_errors.with_label_values(&["touch"]).inc();
                 warn!(error = %e, keys = batch.len(), "could not record last-used times");
             }
         }
-        let usage = management.usage.drain();
         if !usage.is_empty() {
             if let Err(e) = keyring.store.add_usage(&usage).await {
                 metrics.store_errors.with_label_values(&["usage"]).inc();
                 warn!(error = %e, counts = usage.len(), "could not record usage counts; retrying at the next flush");
                 // Kept for the next flush rather than lost to an outage.
-                management.usage.restore(usage);
+                keyring.cache.usage.restore(usage);
             }
         }
         if stopping {

@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::store::cache::{Cached, KeyCache, Lookup};
-use crate::store::last_used::LastUsed;
 use crate::store::{CachedKey, KeyHash, KeyStore, Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -31,7 +30,6 @@ pub struct Keyring {
     pub store: Store,
     pub cache: KeyCache,
     generation: AtomicU64,
-    pub last_used: LastUsed,
     /// Every eviction, for long-lived WebSocket tunnels to re-check their
     /// key (SPEC §10); `None` = "re-check everything" (after a reconnect).
     changes: tokio::sync::broadcast::Sender<Option<KeyHash>>,
@@ -46,7 +44,6 @@ impl Keyring {
             store,
             cache: KeyCache::from_config(&config.keys, &config.store),
             generation: AtomicU64::new(0),
-            last_used: LastUsed::new(),
             changes: tokio::sync::broadcast::channel(1024).0,
             recheck_every: config.keys.cache.ttl,
         }

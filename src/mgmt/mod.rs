@@ -45,7 +45,6 @@ use crate::ratelimit::{Decision, PlanSpec};
 use crate::routes::Route;
 use crate::runtime::Runtime;
 use crate::store::lifecycle::{self, Actor, Invalid, LifecycleError, NewKey};
-use crate::store::usage::Usage;
 use crate::store::{CachedKey, KeyHash, KeyRecord, KeyState, KeyStore, StoreError};
 use crate::telemetry::Outcome;
 
@@ -57,13 +56,10 @@ pub const WRITE_SCOPE: &str = "keys:write";
 /// `creations_per_hour` counts over this sliding window.
 const CREATION_WINDOW_S: u64 = 3600;
 
-/// The management API's shared state: one per process.
+/// The management API's shared state: one per process. (None of its own
+/// yet: the unflushed usage counts it reports live in the key cache.)
 #[derive(Default)]
-pub struct Management {
-    /// Requests per key and day, not yet flushed (SPEC §8 usage). Counted
-    /// on the request path, flushed by `app::flush_last_used`.
-    pub usage: Usage,
-}
+pub struct Management {}
 
 /// What a method and path under the prefix ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,10 +349,10 @@ impl Management {
     }
 
     async fn show(&self, cx: &Caller<'_>, id: &str) -> Result<Response<Full<Bytes>>, Failure> {
-        let (_, r) = cx.target(id).await?;
+        let (hash, r) = cx.target(id).await?;
         let now = clock::unix_seconds();
         let mut view = lifecycle::view(&r, now);
-        let pending = self.usage.pending_for(&r.id);
+        let pending = cx.keyring.cache.pending_usage(&hash, &r.id);
         view.usage = Some(lifecycle::usage(cx.store(), &r.id, now, &pending).await?);
         Ok(json_response(StatusCode::OK, &view))
     }

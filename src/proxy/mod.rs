@@ -305,7 +305,7 @@ impl Proxy {
             self.limit(rt, &req, route, &identity, peer, caller).await?;
         }
         if let Identity::Key { record, .. } = &identity {
-            self.mgmt.usage.count(record.id(), clock::unix_seconds());
+            self.keyring.cache.count_use(record, clock::unix_seconds());
         }
         self.metrics.auth_duration.observe(started.elapsed().as_secs_f64());
 
@@ -352,7 +352,7 @@ impl Proxy {
         let record = record.clone();
         self.limit(rt, &req, &route, &identity, peer, caller).await?;
         self.metrics.auth_duration.observe(started.elapsed().as_secs_f64());
-        self.mgmt.usage.count(record.id(), clock::unix_seconds());
+        self.keyring.cache.count_use(&record, clock::unix_seconds());
         let query = req.uri().query().map(str::to_owned);
         let cx = mgmt::Caller {
             rt,
@@ -577,9 +577,7 @@ impl Proxy {
             .map_err(|required| Deny::InsufficientScope { required })?;
 
         // (7. limit runs in `phases`, for anonymous callers too.)
-        if record.note_use(now_s) {
-            self.keyring.last_used.touch(hash, now_s);
-        }
+        self.keyring.cache.touch_use(&hash, &record, now_s);
         Ok(Identity::Key {
             record,
             hash,

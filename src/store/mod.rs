@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use crate::config::{StoreConfig, StoreKind};
 
-pub use self::cached_key::CachedKey;
+pub use self::cached_key::{CachedKey, Pending, Recorded};
 pub use self::memory::MemoryStore;
 pub use self::record::{KeyHash, KeyRecord, KeyState};
 pub use self::redis::RedisStore;

@@ -2,11 +2,14 @@
 //! the hash `{p}usage:{key_id}` (field `YYYY-MM-DD`, 35-day TTL), or in the
 //! memory store's process.
 //!
-//! The request path only calls [`Usage::count`]: one shard lock and one
-//! integer increment, no I/O, no allocation for a key already pending. A
-//! background task (`app::flush_last_used`, beside the last-used times)
-//! drains the coalesced counts every few seconds into one
-//! `KeyStore::add_usage` (Redis: pipelined `HINCRBY` + `EXPIRE`).
+//! The request path counts a cached key's requests in the key itself
+//! ([`KeyCache::count_use`](super::cache::KeyCache::count_use), one atomic
+//! word); this map, [`Usage`], holds only the counts of keys no cache holds
+//! (caching off, a key dropped while a request still had it, counts given
+//! back when a key left the cache) and of failed flushes. A background task
+//! (`app::flush_last_used`, beside the last-used times) drains both every
+//! few seconds into one `KeyStore::add_usage` (Redis: pipelined `HINCRBY`
+//! + `EXPIRE`).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -61,17 +64,16 @@ impl Usage {
         &self.shards[self.hasher.hash_one(key_id) as usize % SHARDS]
     }
 
-    /// Counts one request of `key_id` at `now` (Unix seconds).
-    pub fn count(&self, key_id: &str, now: u64) {
-        let day = day_of(now);
+    /// Counts `n` requests of `key_id` on UTC `day` (see [`day_of`]).
+    pub fn add(&self, key_id: &str, day: u32, n: u64) {
         let mut shard = self.shard(key_id).lock().unwrap_or_else(|p| p.into_inner());
         match shard.get_mut(key_id) {
             Some(days) => match days.iter_mut().find(|(d, _)| *d == day) {
-                Some((_, n)) => *n += 1,
-                None => days.push((day, 1)),
+                Some((_, m)) => *m += n,
+                None => days.push((day, n)),
             },
             None => {
-                shard.insert(key_id.into(), SmallVec::from_elem((day, 1), 1));
+                shard.insert(key_id.into(), SmallVec::from_elem((day, n), 1));
             }
         }
     }
@@ -92,12 +94,7 @@ impl Usage {
     /// Puts counts back after a failed flush (the next flush retries them).
     pub fn restore(&self, deltas: Vec<UsageDelta>) {
         for (id, day, n) in deltas {
-            let mut shard = self.shard(&id).lock().unwrap_or_else(|p| p.into_inner());
-            let days = shard.entry(id.into_boxed_str()).or_default();
-            match days.iter_mut().find(|(d, _)| *d == day) {
-                Some((_, m)) => *m += n,
-                None => days.push((day, n)),
-            }
+            self.add(&id, day, n);
         }
     }
 
@@ -123,11 +120,12 @@ mod tests {
     #[test]
     fn counts_coalesce_per_key_and_day_and_drain_empties() {
         let u = Usage::new();
+        let day = day_of(1_793_491_200);
         for _ in 0..3 {
-            u.count("key_a", 1_793_491_200);
+            u.add("key_a", day, 1);
         }
-        u.count("key_a", 1_793_491_200 + SECONDS_PER_DAY);
-        u.count("key_b", 1_793_491_200);
+        u.add("key_a", day + 1, 1);
+        u.add("key_b", day, 1);
         assert_eq!(u.pending_for("key_a").len(), 2);
         let mut drained = u.drain();
         drained.sort();
