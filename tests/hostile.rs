@@ -1,6 +1,7 @@
 //! Hostile input over raw sockets (issue 11): request smuggling shapes,
-//! header oddities, oversized heads and identity spoofing, each sent to the
-//! real binary in front of the recording upstream. For every case: keyward
+//! header oddities, oversized heads, identity spoofing, HTTP/2 floods
+//! (rapid reset, CONTINUATION) and slowloris, each sent to the real binary
+//! in front of the recording upstream. For every case: keyward
 //! answers with a clear 4xx (or closes the connection without answering),
 //! nothing the client smuggled reaches the upstream, and keyward keeps
 //! serving.
@@ -13,7 +14,9 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use support::http as h;
 use support::keyward::Keyward;
@@ -184,6 +187,7 @@ fn bare_lf_line_endings_never_desync_the_upstream() {
     );
     let raw = h::raw(kw.addr(), req.as_bytes(), T);
     let got = status(&raw);
+    eprintln!("hostile case \"bare LF line endings\": {got:?}, upstream saw {}", up.count());
     assert!(matches!(got, None | Some(200 | 400..=499)), "{got:?}");
     let seen = up.requests();
     assert!(seen.iter().all(|r| !r.path().contains("smuggled")), "smuggled: {seen:?}");
@@ -341,4 +345,310 @@ fn a_websocket_upgrade_to_a_route_the_key_cannot_use_is_refused_before_the_upstr
     // Control: the key's own route upgrades.
     let raw = h::raw_one(kw.addr(), upgrade("/ws", AUTH_LINE).as_bytes(), T);
     assert_eq!(status(&raw), Some(101), "{}", String::from_utf8_lossy(&raw));
+}
+
+/// One HTTP/2 frame (RFC 9113 §4.1): 24-bit length, type, flags, stream.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("frame length");
+    let mut frame = len.to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const SETTINGS: u8 = 0x4;
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const GOAWAY: u8 = 0x7;
+const END_STREAM: u8 = 0x1;
+
+/// An HPACK literal header field without indexing, new name (RFC 7541
+/// §6.2.2); both shorter than 127 bytes (one-byte lengths).
+fn hpack_literal(name: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x00, u8::try_from(name.len()).expect("short name")];
+    out.extend_from_slice(name);
+    out.push(u8::try_from(value.len()).expect("short value"));
+    out.extend_from_slice(value);
+    out
+}
+
+/// How a CONTINUATION flood ended.
+#[derive(Debug)]
+struct Flood {
+    /// Bytes keyward's socket accepted before the writer stopped.
+    written: u64,
+    planned: u64,
+    /// The writer stopped on a write error (keyward closed or reset).
+    write_failed: bool,
+    /// The GOAWAY error code keyward sent, if any.
+    goaway: Option<u32>,
+    /// When keyward's side reached EOF (or reset), after the flood began.
+    closed_after: Option<Duration>,
+}
+
+/// Opens an h2c connection (prior knowledge), starts a request to
+/// `/smuggled` with a HEADERS frame without END_HEADERS, then writes
+/// `frames` copies of `continuation` (bounded by 10 s), while a reader
+/// collects keyward's frames until EOF.
+async fn continuation_flood(kw: &Keyward, continuation: Vec<u8>, frames: usize) -> Flood {
+    let tcp = tokio::net::TcpStream::connect(kw.addr()).await.expect("connect");
+    let _ = tcp.set_nodelay(true);
+    let (mut rd, mut wr) = tcp.into_split();
+    let auth = AUTH_LINE["Authorization: ".len()..].trim_end().as_bytes();
+    // :method GET, :scheme http (static table 2 and 6), :path and
+    // :authority as literals with indexed names (4 and 1), then the key.
+    let mut block = vec![0x82, 0x86, 0x04, 9];
+    block.extend_from_slice(b"/smuggled");
+    block.extend_from_slice(&[0x01, 1, b'x']);
+    block.extend(hpack_literal(b"authorization", auth));
+    let mut opening = H2_PREFACE.to_vec();
+    opening.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    opening.extend(h2_frame(HEADERS, END_STREAM, 1, &block));
+    wr.write_all(&opening).await.expect("write the opening frames");
+
+    let started = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut goaway = None;
+        let read_all = async {
+            loop {
+                match rd.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                // Frames keyward sent so far: SETTINGS, ACKs, GOAWAY.
+                while buf.len() >= 9 {
+                    let len =
+                        usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+                    if buf.len() < 9 + len {
+                        break;
+                    }
+                    if buf[3] == GOAWAY && len >= 8 {
+                        goaway = Some(u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]]));
+                    }
+                    buf.drain(..9 + len);
+                }
+            }
+        };
+        let closed = tokio::time::timeout(Duration::from_secs(15), read_all).await.is_ok();
+        (goaway, closed.then(|| started.elapsed()))
+    });
+
+    // Batches of ~256 KiB so the flood is not a syscall per frame.
+    let per_batch = (256 * 1024 / continuation.len()).max(1);
+    let batch: Vec<u8> = continuation.repeat(per_batch);
+    let planned = (continuation.len() * frames) as u64;
+    let (mut written, mut write_failed) = (0u64, false);
+    while written < planned && started.elapsed() < Duration::from_secs(10) {
+        match tokio::time::timeout(Duration::from_secs(2), wr.write_all(&batch)).await {
+            Ok(Ok(())) => written += batch.len() as u64,
+            Ok(Err(_)) => {
+                write_failed = true;
+                break;
+            }
+            // keyward stopped reading without closing: the reader decides.
+            Err(_) => break,
+        }
+    }
+    drop(wr);
+    let (goaway, closed_after) = reader.await.expect("reader task");
+    Flood { written, planned, write_failed, goaway, closed_after }
+}
+
+/// HTTP/2 CONTINUATION flood (CVE-2024-27316 in Apache httpd, CVE-2023-45288
+/// in Go, the April 2024 disclosure that also covered hyper/h2 before h2
+/// 0.4.4): HEADERS without END_HEADERS, then an endless stream of
+/// CONTINUATION frames that a server buffers (or decodes) waiting for the
+/// end of the header block. keyward's h2 caps the header list
+/// (`max_header_list_size`, twice `limits.max_header_bytes`) and the number
+/// of CONTINUATION frames derived from it, then sends GOAWAY and closes.
+/// Two shapes: full 16 KiB frames of literal headers (the size check), and
+/// empty frames (only the count check can stop those). Each time: cut off
+/// long before the planned tens of MB, keyward's RSS does not follow the
+/// flood, nothing reaches the upstream, and keyward keeps serving both
+/// HTTP/1.1 and h2.
+#[tokio::test]
+async fn http2_continuation_flood_is_cut_off_with_bounded_memory_and_keyward_keeps_serving() {
+    let up = EchoUpstream::start();
+    let kw = start(&up);
+    // A control request first, so the RSS baseline includes a warm h2 path.
+    let auth = [("Authorization", &AUTH_LINE["Authorization: ".len()..AUTH_LINE.len() - 2])];
+    assert_eq!(
+        h::h2c_request("GET", &kw.url("/control"), &auth, bytes::Bytes::new()).await.status,
+        200
+    );
+    up.clear();
+    let mut headers = Vec::new();
+    while headers.len() + 109 <= 16_384 {
+        headers.extend(hpack_literal(b"x-flood", &[b'a'; 100]));
+    }
+    let shapes = [
+        ("16 KiB CONTINUATION frames of headers", h2_frame(CONTINUATION, 0, 1, &headers), 4_096),
+        ("empty CONTINUATION frames", h2_frame(CONTINUATION, 0, 1, &[]), 4_000_000),
+    ];
+    for (name, frame, count) in shapes {
+        let before = kw.rss_kib();
+        let flood = continuation_flood(&kw, frame, count).await;
+        let after = kw.rss_kib();
+        eprintln!("CONTINUATION flood ({name}): {flood:?}; keyward RSS {before} -> {after} KiB");
+        assert!(
+            flood.goaway.is_some() || flood.closed_after.is_some(),
+            "{name}: keyward neither sent GOAWAY nor closed: {flood:?}"
+        );
+        assert!(
+            flood.closed_after.is_some_and(|d| d < Duration::from_secs(5)),
+            "{name}: {flood:?}"
+        );
+        assert!(
+            flood.written < flood.planned && flood.write_failed,
+            "{name}: not cut off: {flood:?}"
+        );
+        // The flood planned 36-64 MiB; a server that buffered it would grow
+        // by that much.
+        let grown = after.saturating_sub(before);
+        assert!(grown < 16 * 1024, "{name}: keyward's RSS grew {grown} KiB");
+        assert_eq!(up.count(), 0, "{name}: the flooded request reached the upstream");
+        still_serves(&kw, name);
+        let r = h::h2c_request("GET", &kw.url("/after"), &auth, bytes::Bytes::new()).await;
+        assert_eq!(r.status, 200, "{name}: h2 stopped serving");
+        up.clear();
+    }
+}
+
+/// Opens `n` connections that each send `bytes` one byte every `every`
+/// (nothing when `bytes` is empty) and wait for keyward to close them;
+/// returns how long each stayed open (`None`: still open at `limit`).
+async fn slow_clients(
+    kw: &Keyward,
+    bytes: &'static [u8],
+    every: Duration,
+    n: usize,
+    limit: Duration,
+) -> Vec<tokio::task::JoinHandle<Option<Duration>>> {
+    let addr = kw.addr();
+    (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                let (mut rd, mut wr) = tcp.split();
+                let mut sent = 0;
+                let mut buf = [0u8; 1024];
+                loop {
+                    tokio::select! {
+                        read = rd.read(&mut buf) => match read {
+                            Ok(0) | Err(_) => return Some(started.elapsed()),
+                            Ok(_) => {} // e.g. a 408 before the close
+                        },
+                        () = tokio::time::sleep(every), if sent < bytes.len() => {
+                            let _ = wr.write_all(&bytes[sent..=sent]).await;
+                            sent += 1;
+                        }
+                        () = tokio::time::sleep_until((started + limit).into()) => return None,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Slowloris: many connections that never finish a request head hold a
+/// server's connection slots. keyward cuts each one at
+/// `limits.header_read_timeout` (500 ms here) whichever way it stalls: an
+/// HTTP/1.1 head dripped a byte at a time, a connection that sends nothing
+/// at all, and the HTTP/2 preface dripped a byte at a time (before the
+/// protocol is known). Meanwhile, and after, other clients are served
+/// promptly, and nothing reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_cut_at_header_read_timeout_while_others_are_served() {
+    const N: usize = 40;
+    const LIMIT: Duration = Duration::from_secs(4);
+    let up = EchoUpstream::start();
+    let config = format!(
+        "{}limits: {{header_read_timeout: 500ms}}\n",
+        support::keyed_config_yaml(&up.url())
+    );
+    let kw = Keyward::start_keyed(&config);
+    let head: &'static [u8] = b"GET /smuggled HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let cases: [(&str, &'static [u8], Duration); 3] = [
+        ("an HTTP/1.1 head, a byte every 50 ms", head, Duration::from_millis(50)),
+        ("nothing at all", b"", Duration::from_millis(50)),
+        ("the h2 preface, a byte every 100 ms", H2_PREFACE, Duration::from_millis(100)),
+    ];
+    for (name, bytes, every) in cases {
+        let clients = slow_clients(&kw, bytes, every, N, LIMIT).await;
+        // While they hold their connections, others are served.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        let auth = [("Authorization", &AUTH_LINE["Authorization: ".len()..AUTH_LINE.len() - 2])];
+        let r = h::get(&kw.url("/alive"), &auth).await;
+        assert_eq!(r.status, 200, "{name}: a normal request during the attack");
+        assert!(started.elapsed() < Duration::from_secs(1), "{name}: {:?}", started.elapsed());
+        let mut held = Vec::new();
+        for c in clients {
+            held.push(c.await.expect("slow client task"));
+        }
+        let open = held.iter().filter(|h| h.is_none()).count();
+        let longest = held.iter().flatten().max().copied().unwrap_or_default();
+        eprintln!("slowloris ({name}): {N} connections, {open} still open at {LIMIT:?}, longest held {longest:?}");
+        assert_eq!(open, 0, "{name}: {open} of {N} connections were never cut");
+        assert!(
+            longest < Duration::from_millis(2_000),
+            "{name}: a connection was held {longest:?}"
+        );
+        assert!(
+            up.requests().iter().all(|r| r.path() == "/alive"),
+            "{name}: a slow request reached the upstream"
+        );
+    }
+    still_serves(&kw, "after slowloris");
+}
+
+/// Slowloris after a TLS handshake: the handshake is bounded by
+/// `limits.header_read_timeout`, and so is the silence after it, whether
+/// ALPN picked HTTP/1.1 or h2 (nothing is read before the first bytes tell
+/// the protocol).
+#[tokio::test]
+async fn a_tls_connection_that_goes_quiet_after_its_handshake_is_cut_at_header_read_timeout() {
+    use support::tls::{client_config, TestCa};
+    let ca = TestCa::new("keyward test CA");
+    let leaf = ca.leaf("keyward.test");
+    let up = EchoUpstream::start();
+    let config = format!(
+        "{}limits: {{header_read_timeout: 500ms}}\ntls: {{cert: tls.crt, key: tls.key}}\n",
+        support::keyed_config_yaml(&up.url())
+    );
+    let kw = Keyward::builder()
+        .config(&config)
+        .file("keys.yaml", support::test_keys_file())
+        .file("tls.crt", &leaf.cert_pem)
+        .file("tls.key", &leaf.key_pem)
+        .start();
+    for alpn in ["http/1.1", "h2"] {
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_config(
+            &ca.pem(),
+            &[alpn],
+        )));
+        let tcp = tokio::net::TcpStream::connect(kw.addr()).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
+        let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        let quiet_since = Instant::now();
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(4), async {
+            loop {
+                if matches!(tls.read(&mut buf).await, Ok(0) | Err(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        let held = quiet_since.elapsed();
+        eprintln!("quiet TLS connection ({alpn}): closed after {held:?}");
+        assert!(closed.is_ok(), "{alpn}: a quiet TLS connection was held open");
+        assert!(held < Duration::from_millis(1_500), "{alpn}: held {held:?}");
+    }
+    assert_eq!(up.count(), 0);
 }

@@ -3,6 +3,11 @@
 //! `tls` is set, else plain with prior-knowledge h2c) and the admin
 //! listener (always plain HTTP).
 //!
+//! Every connection must start a request within `header_read_timeout`
+//! (slowloris): hyper bounds an HTTP/1 head once it is reading one, and
+//! [`FirstBytesDeadline`] bounds the wait before that, while the auto
+//! builder is still telling HTTP/1 from the HTTP/2 preface.
+//!
 //! Shutdown happens in three steps (STYLE habit 8): stop accepting, drain the
 //! open connections (hyper-util `GracefulShutdown`: idle keep-alive
 //! connections close at once, in-flight requests finish), give up at
@@ -11,14 +16,18 @@
 pub mod admin;
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -53,6 +62,9 @@ fn builder(s: &ListenerSettings) -> auto::Builder<TokioExecutor> {
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
+        // Also what bounds an HTTP/2 CONTINUATION flood (CVE-2024-27316
+        // class): h2 (0.4.4 and later) allows about this many bytes' worth of
+        // CONTINUATION frames per header block, then sends GOAWAY.
         .max_header_list_size(u32::try_from(s.max_header_bytes * 2).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
         // HTTP/2 rapid reset (CVE-2023-44487): cap streams reset before we
@@ -107,12 +119,20 @@ pub async fn run_proxy(
         gauge.inc();
         tokio::spawn(async move {
             match tls {
-                None => serve(&builder, stream, proxy, peer, watcher).await,
+                None => {
+                    let stream = FirstBytesDeadline::new(stream, settings.header_read_timeout);
+                    serve(&builder, stream, proxy, peer, watcher).await;
+                }
                 Some(acceptor) => {
                     // Slowloris on the handshake: the same bound as a head.
                     let handshake = acceptor.accept(stream);
                     match tokio::time::timeout(settings.header_read_timeout, handshake).await {
-                        Ok(Ok(stream)) => serve(&builder, stream, proxy, peer, watcher).await,
+                        Ok(Ok(stream)) => {
+                            // A handshake, then silence: the same bound again.
+                            let stream =
+                                FirstBytesDeadline::new(stream, settings.header_read_timeout);
+                            serve(&builder, stream, proxy, peer, watcher).await;
+                        }
                         Ok(Err(e)) => debug!(error = %e, %peer, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
@@ -153,5 +173,139 @@ async fn serve<I>(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
     if let Err(e) = watcher.watch(conn).await {
         debug!(error = %e, %peer, "connection ended with an error");
+    }
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Slowloris before the first request: hyper-util's auto builder reads a
+/// connection's first bytes to tell HTTP/1 from the HTTP/2 preface, without
+/// any timeout, and hyper's `header_read_timeout` only starts once it has
+/// decided. Unbounded, a client that connects and sends nothing (or the
+/// preface a byte a minute) holds its connection for ever. So reads fail
+/// with `TimedOut` once `header_read_timeout` has passed while every byte so
+/// far still matches the preface. The deadline is dropped for good as soon
+/// as the bytes tell (a mismatch: HTTP/1, which hyper's own header timer
+/// bounds from there; the whole preface: HTTP/2), after which this is a
+/// plain pass-through.
+struct FirstBytesDeadline<I> {
+    io: I,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes read so far, all equal to the preface's first bytes.
+    matched: usize,
+}
+
+impl<I> FirstBytesDeadline<I> {
+    fn new(io: I, timeout: Duration) -> Self {
+        FirstBytesDeadline { io, deadline: Some(Box::pin(tokio::time::sleep(timeout))), matched: 0 }
+    }
+
+    /// Follows newly read bytes through the preface; disarms once they
+    /// tell the protocol (or at EOF, which ends the connection anyway).
+    fn saw(&mut self, new: &[u8]) {
+        let end = (self.matched + new.len()).min(H2_PREFACE.len());
+        let expected = &H2_PREFACE[self.matched..end];
+        if new.is_empty() || !new.starts_with(expected) || end == H2_PREFACE.len() {
+            self.deadline = None;
+        } else {
+            self.matched = end;
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FirstBytesDeadline<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        let Some(deadline) = this.deadline.as_mut() else { return polled };
+        match polled {
+            Poll::Ready(Ok(())) => {
+                this.saw(&buf.filled()[before..]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => Poll::Ready(Err(
+                io::Error::new(io::ErrorKind::TimedOut, "no request within header_read_timeout"),
+            )),
+            other => other,
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FirstBytesDeadline<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const T: Duration = Duration::from_millis(100);
+
+    /// Reads through the wrapper after `sent` was written; `Err` kind on
+    /// failure, else the bytes read.
+    async fn read_after(sent: &[u8]) -> Result<Vec<u8>, io::ErrorKind> {
+        let (client, server) = tokio::io::duplex(1024);
+        let mut client = client;
+        client.write_all(sent).await.expect("write");
+        let mut wrapped = FirstBytesDeadline::new(server, T);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        // The client stays open and silent after `sent`: only the deadline
+        // (or its absence) decides what the next read does.
+        loop {
+            let read = tokio::time::timeout(T * 3, wrapped.read(&mut buf)).await;
+            match read {
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) => return Err(e.kind()),
+                Err(_) => return Ok(got),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn silence_and_a_partial_h2_preface_time_out() {
+        assert_eq!(read_after(b"").await, Err(io::ErrorKind::TimedOut));
+        assert_eq!(read_after(b"PRI * HTTP/2").await, Err(io::ErrorKind::TimedOut));
+    }
+
+    #[tokio::test]
+    async fn http1_bytes_or_the_whole_preface_disarm_the_deadline() {
+        // hyper's own timers take over from here; a quiet client is theirs.
+        assert_eq!(read_after(b"G").await, Ok(b"G".to_vec()));
+        assert_eq!(read_after(b"PUT /").await, Ok(b"PUT /".to_vec()));
+        assert_eq!(read_after(H2_PREFACE).await, Ok(H2_PREFACE.to_vec()));
     }
 }

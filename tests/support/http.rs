@@ -77,6 +77,35 @@ pub async fn try_request(
     send(&client, method, url, headers, body).await
 }
 
+/// A client that keeps its connections open between calls (keep-alive and
+/// pooling, as a real service's HTTP client does), for tests where later
+/// requests must ride connections opened before a change (a reload, a
+/// fault). One per task: connections are not shared between tasks.
+pub struct KeepAliveClient(Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>);
+
+impl KeepAliveClient {
+    pub fn new() -> KeepAliveClient {
+        KeepAliveClient(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>())
+    }
+
+    /// Like [`try_request`], on this client's pooled connections.
+    pub async fn request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Response, String> {
+        send(&self.0, method, url, headers, body).await
+    }
+}
+
+impl Default for KeepAliveClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// `GET url` over HTTP/2 with prior knowledge (h2c), as gRPC-style clients do.
 pub async fn h2c_get(url: &str) -> Response {
     h2c_request("GET", url, &[], Bytes::new()).await

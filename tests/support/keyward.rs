@@ -276,6 +276,11 @@ impl Keyward {
         self.child.id()
     }
 
+    /// The process's resident set size in KiB (see [`super::rss_kib`]).
+    pub fn rss_kib(&self) -> u64 {
+        super::rss_kib(self.pid())
+    }
+
     /// The "listening" event the addresses came from.
     pub fn listening_event(&self) -> &Value {
         &self.listening

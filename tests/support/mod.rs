@@ -174,6 +174,19 @@ where
     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
+/// Resident set size of process `pid` in KiB (`VmRSS` in
+/// `/proc/PID/status`), for "memory stays bounded under abuse" checks.
+/// Panics when it cannot be read (Linux only, like the tests).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
 /// A valid keyward key (SPEC §4 format and checksum) for tests, with its
 /// SHA-256. Test-only: it guards nothing.
 pub const TEST_KEY: &str = "kw_test_znS705wyypb2gi56nMF11o1MfdUdT95B3gqPre";

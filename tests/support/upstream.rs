@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, UPGRADE};
@@ -64,6 +64,9 @@ pub struct Recorded {
     pub headers: Vec<(String, String)>,
     /// Body bytes read so far (final once the response has been sent).
     pub body_len: u64,
+    /// When the request head arrived (for "nothing was forwarded after
+    /// the deadline" checks).
+    pub received_at: Instant,
 }
 
 impl Recorded {
@@ -333,6 +336,7 @@ async fn handle(
         version: req.version(),
         headers,
         body_len: 0,
+        received_at: Instant::now(),
     };
     let body_len = Arc::new(AtomicU64::new(0));
     state.lock().push(Entry { rec: rec.clone(), body_len: Arc::clone(&body_len) });
