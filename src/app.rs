@@ -358,20 +358,34 @@ async fn flush_last_used(
             _ = tokio::time::sleep(LAST_USED_FLUSH) => false,
             _ = stop.changed() => true,
         };
-        let (batch, usage) = keyring.cache.drain_pending();
-        if !batch.is_empty() {
-            if let Err(e) = keyring.store.touch_last_used(&batch).await {
-                metrics.store_errors.with_label_values(&["touch"]).inc();
-                warn!(error = %e, keys = batch.len(), "could not record last-used times");
+        // Part by part (one cache shard at a time), so no moment holds
+        // every busy key's pending write at once; failures are logged once
+        // per flush, not per part.
+        let (mut touch_failed, mut usage_failed) = (None, None);
+        for part in 0..keyring.cache.pending_parts() {
+            let (batch, usage) = keyring.cache.drain_pending(part);
+            if !batch.is_empty() {
+                if let Err(e) = keyring.store.touch_last_used(&batch).await {
+                    metrics.store_errors.with_label_values(&["touch"]).inc();
+                    let keys = touch_failed.take().map_or(0, |(_, n)| n) + batch.len();
+                    touch_failed = Some((e, keys));
+                }
+            }
+            if !usage.is_empty() {
+                if let Err(e) = keyring.store.add_usage(&usage).await {
+                    metrics.store_errors.with_label_values(&["usage"]).inc();
+                    let counts = usage_failed.take().map_or(0, |(_, n)| n) + usage.len();
+                    usage_failed = Some((e, counts));
+                    // Kept for the next flush rather than lost to an outage.
+                    keyring.cache.usage.restore(usage);
+                }
             }
         }
-        if !usage.is_empty() {
-            if let Err(e) = keyring.store.add_usage(&usage).await {
-                metrics.store_errors.with_label_values(&["usage"]).inc();
-                warn!(error = %e, counts = usage.len(), "could not record usage counts; retrying at the next flush");
-                // Kept for the next flush rather than lost to an outage.
-                keyring.cache.usage.restore(usage);
-            }
+        if let Some((e, keys)) = touch_failed {
+            warn!(error = %e, keys, "could not record last-used times");
+        }
+        if let Some((e, counts)) = usage_failed {
+            warn!(error = %e, counts, "could not record usage counts; retrying at the next flush");
         }
         if stopping {
             return;

@@ -12,6 +12,13 @@ use keyward::config::{Config, StoreKind};
 use keyward::store::{MemoryStore, Store};
 use keyward::telemetry::logging::{self, LogFormat, LogTarget};
 
+/// jemalloc rather than glibc's malloc: glibc gives each busy thread its
+/// own arena, and with a large key cache filled from two worker threads the
+/// arenas kept ~15 MB of freed memory resident (bench/README.md, "Memory").
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {

@@ -308,23 +308,35 @@ impl KeyCache {
         }
     }
 
-    /// Takes every pending last-used write and usage count, from the held
-    /// keys and the spill maps. One shard lock at a time, for a walk of the
-    /// shard (about 6,000 atomic loads with 100,000 keys cached).
-    pub fn drain_pending(&self) -> (Vec<(KeyHash, u64)>, Vec<UsageDelta>) {
-        let mut touched = self.last_used.drain();
-        let mut counts = self.usage.drain();
-        for shard in self.shards.iter() {
-            let s = lock(shard);
-            for (hash, entry) in &s.map {
-                if let Some(key) = &entry.key {
-                    let p = key.take_pending();
-                    if let Some(t) = p.touched {
-                        touched.push((*hash, t));
-                    }
-                    if let Some((day, n)) = p.requests {
-                        counts.push((key.id().to_owned(), day, n));
-                    }
+    /// How many parts [`Self::drain_pending`] takes the pending writes in.
+    pub fn pending_parts(&self) -> usize {
+        self.shards.len() + 1
+    }
+
+    /// Takes the pending last-used writes and usage counts of one part:
+    /// part 0 is the spill maps, part `i + 1` the keys held in shard `i`.
+    /// In parts so the flusher's buffers stay small (a whole cache of
+    /// 100,000 busy keys at once was 10 MB of strings and vectors for a
+    /// moment, and the allocator kept much of it), and so each shard is
+    /// locked only for its own walk (about 6,000 atomic loads with 100,000
+    /// keys cached). Out of range: nothing.
+    pub fn drain_pending(&self, part: usize) -> (Vec<(KeyHash, u64)>, Vec<UsageDelta>) {
+        if part == 0 {
+            return (self.last_used.drain(), self.usage.drain());
+        }
+        let (mut touched, mut counts) = (Vec::new(), Vec::new());
+        let Some(shard) = self.shards.get(part - 1) else {
+            return (touched, counts);
+        };
+        let s = lock(shard);
+        for (hash, entry) in &s.map {
+            if let Some(key) = &entry.key {
+                let p = key.take_pending();
+                if let Some(t) = p.touched {
+                    touched.push((*hash, t));
+                }
+                if let Some((day, n)) = p.requests {
+                    counts.push((key.id().to_owned(), day, n));
                 }
             }
         }
@@ -477,6 +489,17 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    /// Every part of [`KeyCache::drain_pending`].
+    fn drain_all(c: &KeyCache) -> (Vec<(KeyHash, u64)>, Vec<UsageDelta>) {
+        let (mut touched, mut counts) = (Vec::new(), Vec::new());
+        for part in 0..c.pending_parts() {
+            let (t, u) = c.drain_pending(part);
+            touched.extend(t);
+            counts.extend(u);
+        }
+        (touched, counts)
     }
 
     fn one_shard(max: usize) -> KeyCache {
@@ -711,11 +734,11 @@ mod tests {
         assert_eq!(c.usage.pending_for("a"), vec![(day, 3)]);
         let b = key(&c, 2);
         c.count_use(&b, 1_000_000);
-        let (touched, mut counts) = c.drain_pending();
+        let (touched, mut counts) = drain_all(&c);
         counts.sort();
         assert_eq!(touched, vec![(h(1), 1_000_000)]);
         assert_eq!(counts, vec![("a".to_owned(), day, 3), ("b".to_owned(), day, 1)]);
-        let (touched, counts) = c.drain_pending();
+        let (touched, counts) = drain_all(&c);
         assert!(touched.is_empty() && counts.is_empty(), "drained once");
     }
 
@@ -730,7 +753,7 @@ mod tests {
         c.insert(h(1), Cached::Found(k.clone()), t0);
         c.touch_use(&h(1), &k, 500);
         c.count_use(&k, 500);
-        let (touched, counts) = c.drain_pending();
+        let (touched, counts) = drain_all(&c);
         assert_eq!(touched, vec![(h(1), 500)]);
         assert_eq!(counts, vec![("a".to_owned(), usage::day_of(500), 1)]);
     }
@@ -747,7 +770,7 @@ mod tests {
         }
         c.invalidate(&h(0));
         c.clear();
-        let (_, mut counts) = c.drain_pending();
+        let (_, mut counts) = drain_all(&c);
         counts.sort();
         assert_eq!(counts, vec![("k0".to_owned(), 1, 1), ("k1".to_owned(), 1, 1)]);
     }
