@@ -476,14 +476,36 @@ fn crc16(data: &[u8]) -> u16 {
     crc
 }
 
-/// One slot served by each master (from `CLUSTER SLOTS`: per range
-/// `[start, end, [host, port, …], replicas…]`), to send a command to every
-/// master by routing it to that slot. By slot rather than by address, so a
-/// master replaced by its replica meanwhile is still reached.
-async fn cluster_masters(conn: &mut Conn) -> RedisResult<Vec<u16>> {
+/// A master of a cluster, as `CLUSTER SLOTS` names it, and one slot it
+/// serves.
+struct Master {
+    host: String,
+    port: u16,
+    slot: u16,
+}
+
+impl Master {
+    /// Routing to this very node, by its address: redis-rs answers with an
+    /// error when it has no connection there (and rebuilds its slot map),
+    /// where routing by slot would fall back to a random node and so SCAN
+    /// or check the wrong one. A node that names no host is reached by
+    /// slot.
+    fn routing(&self) -> RoutingInfo {
+        let node = if self.host.is_empty() || self.host == "?" {
+            SingleNodeRoutingInfo::SpecificNode(Route::new(self.slot, SlotAddr::Master))
+        } else {
+            SingleNodeRoutingInfo::ByAddress { host: self.host.clone(), port: self.port }
+        };
+        RoutingInfo::SingleNode(node)
+    }
+}
+
+/// Every master serving slots, from `CLUSTER SLOTS` (per range `[start,
+/// end, [host, port, …], replicas…]`) on any node.
+async fn cluster_masters(conn: &mut ClusterConnection) -> RedisResult<Vec<Master>> {
     let ranges: Vec<Value> = ::redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
     let unexpected = || RedisError::from((ErrorKind::TypeError, "unexpected CLUSTER SLOTS reply"));
-    let mut masters: HashMap<(Vec<u8>, i64), u16> = HashMap::new();
+    let mut masters: HashMap<(String, u16), u16> = HashMap::new();
     for range in &ranges {
         let Value::Array(range) = range else { return Err(unexpected()) };
         let (Some(Value::Int(start)), Some(Value::Array(master))) = (range.first(), range.get(2))
@@ -494,34 +516,65 @@ async fn cluster_masters(conn: &mut Conn) -> RedisResult<Vec<u16>> {
             return Err(unexpected());
         };
         let host = match host {
-            Value::BulkString(b) => b.clone(),
-            Value::SimpleString(s) => s.clone().into_bytes(),
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::SimpleString(s) => s.clone(),
             _ => return Err(unexpected()),
         };
         let start = u16::try_from(*start).map_err(|_| unexpected())?;
-        masters.entry((host, *port)).or_insert(start);
+        let port = u16::try_from(*port).map_err(|_| unexpected())?;
+        masters.entry((host, port)).or_insert(start);
     }
-    Ok(masters.into_values().collect())
+    Ok(masters.into_iter().map(|((host, port), slot)| Master { host, port, slot }).collect())
 }
 
 /// One page of `SCAN cursor MATCH pattern COUNT 1000`, on one Redis or on
-/// the master serving `slot` of a cluster.
+/// one master of a cluster.
 async fn scan_page(
     conn: &mut Conn,
-    slot: Option<u16>,
+    master: Option<&Master>,
     cursor: u64,
     pattern: &str,
 ) -> RedisResult<(u64, Vec<String>)> {
     let mut cmd = ::redis::cmd("SCAN");
     cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
-    match (conn, slot) {
-        (Conn::Cluster(cluster), Some(slot)) => {
-            let master = Route::new(slot, SlotAddr::Master);
-            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(master));
-            FromRedisValue::from_owned_redis_value(cluster.route_command(&cmd, routing).await?)
-        }
+    match (conn, master) {
+        (Conn::Cluster(cluster), Some(master)) => FromRedisValue::from_owned_redis_value(
+            cluster.route_command(&cmd, master.routing()).await?,
+        ),
         (conn, _) => cmd.query_async(conn).await,
     }
+}
+
+/// The probe's and `ping`'s health check. One Redis: PING. A cluster: every
+/// master `CLUSTER SLOTS` names answers `CLUSTER INFO` with
+/// `cluster_state:ok`, each asked by its address. So a cluster that
+/// answers but can't serve every slot counts as down: a master that just
+/// died (still in the slot map until the others agree it failed), or one
+/// failed with no replica promoted yet. A looser check (PING, which redis-rs
+/// sends only to the masters it still holds a connection to) let the store
+/// flap up on every probe and down on the next request, a dozen times in
+/// one failover.
+async fn health(conn: &mut Conn) -> RedisResult<()> {
+    let cluster = match conn {
+        Conn::Single(single) => return ::redis::cmd("PING").query_async::<()>(single).await,
+        Conn::Cluster(cluster) => cluster,
+    };
+    let masters = cluster_masters(cluster).await?;
+    let mut info_cmd = ::redis::cmd("CLUSTER");
+    info_cmd.arg("INFO");
+    for master in &masters {
+        let info: String = FromRedisValue::from_owned_redis_value(
+            cluster.route_command(&info_cmd, master.routing()).await?,
+        )?;
+        if !info.lines().any(|line| line.trim() == "cluster_state:ok") {
+            return Err(RedisError::from((
+                ErrorKind::ClusterDown,
+                "cluster_state is not ok",
+                format!("{}:{}", master.host, master.port),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The cluster insert of the module doc: claim the id, join the owner set,
@@ -554,22 +607,6 @@ async fn insert_in_cluster(
         return Ok(1);
     }
     Ok(0)
-}
-
-/// The probe's and `ping`'s health check: PING (which redis-rs sends to
-/// every master of a cluster); on a cluster also `CLUSTER INFO`, so a
-/// cluster that answers but does not serve every slot (a master failed and
-/// no replica has taken over yet) counts as down, instead of the store
-/// flapping up on every probe and down on the next request.
-async fn health(conn: &mut Conn) -> RedisResult<()> {
-    ::redis::cmd("PING").query_async::<()>(conn).await?;
-    if let Conn::Cluster(_) = conn {
-        let info: String = ::redis::cmd("CLUSTER").arg("INFO").query_async(conn).await?;
-        if !info.lines().any(|line| line.trim() == "cluster_state:ok") {
-            return Err(RedisError::from((ErrorKind::ClusterDown, "cluster_state is not ok")));
-        }
-    }
-    Ok(())
 }
 
 /// Takes one creation of an owner's sliding window, by the server's clock.
@@ -1236,21 +1273,27 @@ impl RedisStore {
     async fn scan_hashes(&self) -> Result<Vec<KeyHash>, StoreError> {
         let key_prefix = format!("{}key:", self.inner.prefix);
         let pattern = format!("{}*", glob_escape(&key_prefix));
-        let masters: Vec<Option<u16>> = if self.inner.cluster {
-            let slots = self.run(Op::List, |mut c| async move { cluster_masters(&mut c).await });
-            slots.await?.into_iter().map(Some).collect()
+        // One Redis: one pass (`None`); a cluster: one per master.
+        let masters: Vec<Option<Master>> = if self.inner.cluster {
+            let masters = self.run(Op::List, |c| async move {
+                match c {
+                    Conn::Cluster(mut cluster) => cluster_masters(&mut cluster).await,
+                    Conn::Single(_) => Ok(Vec::new()),
+                }
+            });
+            masters.await?.into_iter().map(Some).collect()
         } else {
             vec![None]
         };
         // SCAN may return a key twice; the set also sorts.
         let mut found = BTreeSet::new();
-        for master in masters {
+        for master in &masters {
             let mut cursor: u64 = 0;
             loop {
                 let (next, keys): (u64, Vec<String>) = self
                     .run(Op::List, |mut c| {
                         let pattern = &pattern;
-                        async move { scan_page(&mut c, master, cursor, pattern).await }
+                        async move { scan_page(&mut c, master.as_ref(), cursor, pattern).await }
                     })
                     .await?;
                 found.extend(
