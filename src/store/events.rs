@@ -16,7 +16,9 @@
 //! the subscription is lost, the next attempt goes to the next node of the
 //! list, so a dead master costs one reconnect, not a blind spot. (Not
 //! sharded pub/sub: `SPUBLISH` would need the channel's slot, and the
-//! SPEC §4 channel name has no hash tag.)
+//! SPEC §4 channel name has no hash tag.) A node that still answers PING
+//! but is cut off from the rest of the cluster would go quiet instead; the
+//! cache `ttl` bounds revocation then, as during any lost subscription.
 
 use std::time::Duration;
 

@@ -562,19 +562,25 @@ async fn health(conn: &mut Conn) -> RedisResult<()> {
     let masters = cluster_masters(cluster).await?;
     let mut info_cmd = ::redis::cmd("CLUSTER");
     info_cmd.arg("INFO");
-    for master in &masters {
-        let info: String = FromRedisValue::from_owned_redis_value(
-            cluster.route_command(&info_cmd, master.routing()).await?,
-        )?;
-        if !info.lines().any(|line| line.trim() == "cluster_state:ok") {
-            return Err(RedisError::from((
-                ErrorKind::ClusterDown,
-                "cluster_state is not ok",
-                format!("{}:{}", master.host, master.port),
-            )));
+    // All at once: the periodic check runs on the request path's budget.
+    let checks = masters.iter().map(|master| {
+        let (mut cluster, info_cmd) = (cluster.clone(), &info_cmd);
+        async move {
+            let info: String = FromRedisValue::from_owned_redis_value(
+                cluster.route_command(info_cmd, master.routing()).await?,
+            )?;
+            if info.lines().any(|line| line.trim() == "cluster_state:ok") {
+                Ok(())
+            } else {
+                Err(RedisError::from((
+                    ErrorKind::ClusterDown,
+                    "cluster_state is not ok",
+                    format!("{}:{}", master.host, master.port),
+                )))
+            }
         }
-    }
-    Ok(())
+    });
+    futures_util::future::try_join_all(checks).await.map(|_| ())
 }
 
 /// The cluster insert of the module doc: claim the id, join the owner set,
