@@ -217,12 +217,12 @@ async fn every_store_operation_works_with_keys_spread_over_every_master() {
         "team",
         &PlanConfig {
             limits: vec![
-                WindowConfig { window: Duration::from_secs(60), max: 5, per_owner: false },
-                WindowConfig { window: Duration::from_secs(3600), max: 7, per_owner: true },
+                WindowConfig { window: Duration::from_secs(3600), max: 5, per_owner: false },
+                WindowConfig { window: Duration::from_secs(86_400), max: 7, per_owner: true },
             ],
         },
     );
-    wait_for_minute_start(&cluster).await;
+    wait_for_bucket_room(&cluster).await;
     let mut admitted = Vec::new();
     for subject in ["key_a"; 6].into_iter().chain(["key_b"; 3]) {
         let d =
@@ -239,10 +239,10 @@ async fn every_store_operation_works_with_keys_spread_over_every_master() {
     // anonymous one on its own.
     let counters = cluster.keys(&format!("{PREFIX}rl:*"));
     let has = |prefix: String| counters.iter().any(|k| k.starts_with(&prefix));
-    assert!(has(format!("{PREFIX}rl:{{owner:acme}}:key_a:team:60:")), "{counters:?}");
-    assert!(has(format!("{PREFIX}rl:{{owner:acme}}:key_b:team:60:")), "{counters:?}");
-    assert!(has(format!("{PREFIX}rl:{{owner:acme}}:team:3600:")), "{counters:?}");
-    assert!(has(format!("{PREFIX}rl:{{203.0.113.9}}:team:60:")), "{counters:?}");
+    assert!(has(format!("{PREFIX}rl:{{owner:acme}}:key_a:team:3600:")), "{counters:?}");
+    assert!(has(format!("{PREFIX}rl:{{owner:acme}}:key_b:team:3600:")), "{counters:?}");
+    assert!(has(format!("{PREFIX}rl:{{owner:acme}}:team:86400:")), "{counters:?}");
+    assert!(has(format!("{PREFIX}rl:{{203.0.113.9}}:team:3600:")), "{counters:?}");
     assert_eq!(counters.len(), 5, "{counters:?}");
 }
 
@@ -262,10 +262,12 @@ async fn wait_async(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Waits until the cluster's clock is early enough in its minute for a
-/// burst to stay inside one 1-minute bucket.
-async fn wait_for_minute_start(cluster: &RedisCluster) {
-    while cluster_secs(cluster) % 60 >= 45 {
+/// Waits while the cluster's clock is in the last 20 s of an hour, so a
+/// burst stays inside one bucket of the tests' 1-hour windows (a new bucket
+/// would carry the last one's count, weighted, and admit less). Rarely
+/// waits at all, never longer than 20 s.
+async fn wait_for_bucket_room(cluster: &RedisCluster) {
+    while cluster_secs(cluster) % 3600 >= 3600 - 20 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -284,8 +286,8 @@ fn cluster_cfg(up: &EchoUpstream, nodes_yaml: &str, extra: &str) -> Cfg {
         "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nupstream: {{url: \"{}\"}}\n\
          store: {{kind: redis, redis: {{cluster_nodes: {nodes_yaml}, timeout: 2s}}, stale_ttl: 5m}}\n\
          auth: {{failed_attempts: {{max: 100000, window: 1m}}}}\n\
-         plans:\n  team: {{limits: [{{window: 1m, max: 4}}, {{window: 1h, max: 500, per_owner: true}}]}}\n  \
-         tiny: {{limits: [{{window: 1m, max: 3}}]}}\n  \
+         plans:\n  team: {{limits: [{{window: 1h, max: 4}}, {{window: 1d, max: 500, per_owner: true}}]}}\n  \
+         tiny: {{limits: [{{window: 1h, max: 3}}]}}\n  \
          free: {{limits: [{{window: 1m, max: 1000}}]}}\n  anonymous: {{limits: [{{window: 1m, max: 1000}}]}}\n\
          routes: [{{path: /**}}]\n{extra}",
         up.url()
@@ -382,7 +384,7 @@ async fn the_binary_manages_serves_limits_and_revokes_keys_on_a_cluster() {
     assert_eq!((shown["owner"].as_str(), shown["plan"].as_str()), (Some("acme"), Some("team")));
 
     let kw = Keyward::start(&cfg.yaml);
-    wait_for_minute_start(&cluster).await;
+    wait_for_bucket_room(&cluster).await;
     for (id, key) in &keys {
         let resp = get_with(&kw, key).await;
         assert_eq!(resp.status, 200, "{}", resp.text());
@@ -391,7 +393,7 @@ async fn the_binary_manages_serves_limits_and_revokes_keys_on_a_cluster() {
         assert_eq!(seen.header("x-keyward-owner"), Some("acme"));
     }
 
-    // The per-key window (4 a minute) of a plan that also has a per-owner
+    // The per-key window (4 an hour) of a plan that also has a per-owner
     // window: exactly 4 pass, the 5th is 429, another key of the owner
     // still passes.
     let (_, limited) = &keys[0];
@@ -567,7 +569,7 @@ async fn a_killed_master_fails_over_and_requests_revocations_and_limits_recover(
     // the proxy through the new subscription (ttl 5 m, so nothing else
     // could evict it).
     let (_, fresh) = create(&cfg, "tiny");
-    wait_for_minute_start(&cluster).await;
+    wait_for_bucket_room(&cluster).await;
     assert_eq!(get_with(&kw, &fresh).await.status, 200);
     assert_eq!(get_with(&kw, &valid).await.status, 200);
     assert_eq!(cli(&cfg, &["revoke", &valid_id]).status.code(), Some(0));
@@ -579,7 +581,7 @@ async fn a_killed_master_fails_over_and_requests_revocations_and_limits_recover(
     let role = cluster.node(victim).expect("victim").info("replication");
     assert!(role.lines().any(|l| l.trim() == "role:slave"), "{role}");
 
-    // Limits are Redis's again: the tiny plan's 3 a minute (one already
+    // Limits are Redis's again: the tiny plan's 3 an hour (one already
     // spent above), where a local decision would admit 1.
     let mut allowed = 1;
     loop {
