@@ -184,9 +184,12 @@ async fn subscribe_forever(
 }
 
 /// A client for the URL, forced to RESP3 (push messages need it) whatever
-/// the URL says.
+/// the URL says; TLS as the store has it (`rediss://`, never `#insecure`).
 fn resp3_client(redis_url: &str) -> RedisResult<Client> {
     let mut info = redis_url.into_connection_info()?;
+    super::redis::check_tls(&info).map_err(|why| {
+        ::redis::RedisError::from((::redis::ErrorKind::InvalidClientConfig, "refused", why))
+    })?;
     info.redis.protocol = ProtocolVersion::RESP3;
     Client::open(info)
 }

@@ -26,8 +26,12 @@
 //! `set_expires_at`) need the `{p}id:` index; a hash provisioned without it
 //! is still served and listed, but can't be found by id.
 //!
-//! `rediss://` needs redis-rs's TLS features, which the crate does not
-//! enable yet: such a URL is refused as invalid at start.
+//! # TLS
+//! A `rediss://` URL (or cluster node) speaks TLS through rustls (ring),
+//! checking the server's certificate and host name against the system's
+//! roots (rustls-native-certs; `SSL_CERT_FILE` / `SSL_CERT_DIR` name a
+//! private CA instead). `#insecure`, redis-rs's switch that turns the
+//! checks off, is refused at start ([`check_tls`]): fail closed.
 //!
 //! # Redis Cluster
 //! With `store.redis.cluster_nodes` the same operations run on a
@@ -644,9 +648,12 @@ impl RedisStore {
         let (connector, shown_url) = match config.url.as_deref() {
             Some(url) => {
                 let shown_url = redact_url(url);
-                let client = Client::open(url).map_err(|e| {
-                    StoreError::Invalid(format!("invalid Redis URL {shown_url}: {}", describe(&e)))
-                })?;
+                let invalid = |why: String| {
+                    StoreError::Invalid(format!("invalid Redis URL {shown_url}: {why}"))
+                };
+                let info = url.into_connection_info().map_err(|e| invalid(describe(&e)))?;
+                check_tls(&info).map_err(invalid)?;
+                let client = Client::open(info).map_err(|e| invalid(describe(&e)))?;
                 // One connection attempt per manager reconnect, each
                 // bounded: the backoff between attempts is ours
                 // (supervise), so a reconnect never holds commands for a
@@ -1455,6 +1462,7 @@ fn cluster_client(nodes: &[String], admin_timeout: Duration) -> Result<ClusterCl
             StoreError::Invalid(format!("invalid Redis Cluster node {}: {why}", redact_url(node)))
         };
         let info = node.as_str().into_connection_info().map_err(|e| invalid(describe(&e)))?;
+        check_tls(&info).map_err(invalid)?;
         if info.redis.db != 0 {
             return Err(invalid(format!(
                 "a Redis Cluster has only database 0, not {}",
@@ -1477,6 +1485,29 @@ fn cluster_client(nodes: &[String], admin_timeout: Duration) -> Result<ClusterCl
                 describe(&e)
             ))
         })
+}
+
+/// For a `rediss://` address: refuses `#insecure` (redis-rs's switch that
+/// turns certificate checks off; a man in the middle could then answer
+/// lookups and admit any key) and makes sure rustls has its crypto
+/// provider. redis-rs builds its TLS config with `ClientConfig::builder()`,
+/// which takes the process-wide default provider; keyward passes its own
+/// everywhere else (`crate::tls::provider`), so it installs that same one
+/// as the default here (a no-op when one is installed already) rather
+/// than leave the choice to whichever rustls features the build enables.
+pub(crate) fn check_tls(info: &::redis::ConnectionInfo) -> Result<(), String> {
+    match &info.addr {
+        ::redis::ConnectionAddr::TcpTls { insecure: true, .. } => Err(
+            "#insecure turns off TLS certificate checks; keyward refuses it (trust a private CA \
+             with SSL_CERT_FILE instead)"
+                .to_owned(),
+        ),
+        ::redis::ConnectionAddr::TcpTls { .. } => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `cluster [<node> …]`, passwords masked: how logs name a cluster.
@@ -1710,6 +1741,27 @@ mod tests {
             };
             let err = RedisStore::new(&config).expect_err("refused").to_string();
             assert!(err.contains(why), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn rediss_urls_are_accepted_and_insecure_ones_refused() {
+        let tls = |url: &str| RedisConfig { url: Some(url.into()), ..RedisConfig::default() };
+        let store = RedisStore::new(&tls("rediss://:hunter2@127.0.0.1:1/0")).expect("TLS is built");
+        assert!(!store.is_up());
+        let nodes = |url: &str| RedisConfig {
+            url: None,
+            cluster_nodes: vec![url.into()],
+            ..RedisConfig::default()
+        };
+        RedisStore::new(&nodes("rediss://127.0.0.1:1")).expect("TLS cluster nodes too");
+        for config in [
+            tls("rediss://:hunter2@127.0.0.1:1/0#insecure"),
+            nodes("rediss://:hunter2@127.0.0.1:1/#insecure"),
+        ] {
+            let err = RedisStore::new(&config).expect_err("#insecure").to_string();
+            assert!(err.contains("#insecure turns off TLS certificate checks"), "{err}");
             assert!(!err.contains("hunter2"), "{err}");
         }
     }
