@@ -18,7 +18,8 @@
 //! known to be broken (an I/O error, or three timeouts in a row) the
 //! store *fails fast*: calls return `Unavailable` at once instead of each
 //! request waiting out its timeout, while a background probe PINGs (100 ms
-//! -> 1 s) until Redis answers again. [`RedisStore::is_up`] reports that
+//! -> 1 s; a cluster gets a stricter check, below) until Redis answers
+//! again. [`RedisStore::is_up`] reports that
 //! state for `/readyz` and the `keyward_store_up` gauge.
 //!
 //! Records are read as other writers may have written them (see
@@ -31,21 +32,22 @@
 //! checking the server's certificate and host name against the system's
 //! roots (rustls-native-certs; `SSL_CERT_FILE` / `SSL_CERT_DIR` name a
 //! private CA instead). `#insecure`, redis-rs's switch that turns the
-//! checks off, is refused at start ([`check_tls`]): fail closed.
+//! checks off, is refused at start (`check_tls`): fail closed.
 //!
 //! # Redis Cluster
 //! With `store.redis.cluster_nodes` the same operations run on a
-//! [`ClusterConnection`] instead of a `ConnectionManager` ([`Conn`]):
+//! [`ClusterConnection`] instead of a `ConnectionManager` (`Conn`):
 //! redis-rs routes each command by its key's hash slot, follows `MOVED`
 //! and `ASK`, and refreshes its slot map when the cluster changes (a
 //! failover, a resharding). Reads go to masters only: a replica lags, and a
 //! revoked key read from one could still look active. The availability
 //! rules above hold unchanged, for the cluster as one unit: any
 //! connection-level error (a dead node, `CLUSTERDOWN`, `TRYAGAIN`) trips
-//! the store, and the probe counts it up again once every master answers
-//! PING and `CLUSTER INFO` says `cluster_state:ok`, so a failover is a few
-//! seconds of fail-fast (the stale cache, or 503) rather than a stream of
-//! timeouts. While redis-rs reconnects to a node that went away it holds
+//! the store, and the probe counts it up again only once every master
+//! `CLUSTER SLOTS` names, asked by its address, answers `CLUSTER INFO` with
+//! `cluster_state:ok` (`health`), so a failover is one stretch of
+//! fail-fast (the stale cache, or 503) rather than a stream of timeouts or
+//! a store flapping up and down. While redis-rs reconnects to a node that went away it holds
 //! the cluster connection's other commands back too, for up to
 //! `max(timeout, 1 s)` (its connect timeout); the per-operation budgets
 //! bound what a caller waits meanwhile.
@@ -54,7 +56,7 @@
 //! key's hash, its id index and its owner set live on different slots, and
 //! the steps that span them can't be one script there:
 //!
-//! - **insert** is four single-slot steps, in an order that never shows a
+//! - **insert** is three single-slot steps, in an order that never shows a
 //!   half-written key: claim `{p}id:{id}` (a script: set it, or find it held
 //!   by this very hash from an earlier try, or refuse: id taken), `SADD` the
 //!   owner set, then write the hash with a one-key script that refuses a
