@@ -431,10 +431,18 @@ fn subscribe(
     if config.store.kind != StoreKind::Redis {
         return None;
     }
-    let url = config.store.redis.url.clone()?;
+    // One server, or any node of a cluster (events.rs: a cluster delivers
+    // every PUBLISH to every node).
+    let urls = match &config.store.redis.url {
+        Some(url) => vec![url.clone()],
+        None => config.store.redis.cluster_nodes.clone(),
+    };
+    if urls.is_empty() {
+        return None;
+    }
     let (k1, k2, m) = (keyring.clone(), keyring.clone(), metrics.clone());
-    Some(events::spawn_subscriber(
-        url,
+    Some(events::spawn_subscriber_on(
+        urls,
         config.store.redis.key_prefix.clone(),
         move |hash, published_ms| {
             k1.invalidate(&hash);

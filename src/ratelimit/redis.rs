@@ -8,11 +8,20 @@
 //! window_s)` by Redis's clock (`TIME` inside the script), each with a TTL of
 //! 2 × window + 1 s, which outlives its use as the previous bucket. The
 //! `{<subject>}` hash tag keeps one subject's counters on one cluster slot.
-//! A `per_owner` window counts under the subject `owner:<owner>` (SPEC §11),
-//! so a plan mixing per-key and per-owner windows touches two hash slots:
-//! fine on one Redis, refused (CROSSSLOT) by Redis Cluster, which the store
-//! does not support yet either. The script also reads the previous bucket,
-//! a key it derives rather than declares: same hash tag, same slot.
+//! A `per_owner` window counts under the subject `owner:<owner>` (SPEC §11).
+//! The script also reads the previous bucket, a key it derives rather than
+//! declares: same hash tag, same slot.
+//!
+//! On a Redis Cluster a script's keys must share one slot, so a plan that
+//! mixes per-key and `per_owner` windows can't tag them by two subjects
+//! there (`CROSSSLOT`). In cluster mode the per-key counters of a request
+//! with an owner then take the owner's tag too:
+//! `{p}rl:{owner:<owner>}:<subject>:<plan>:<window_s>:<bucket>`, beside the
+//! owner's own `{p}rl:{owner:<owner>}:<plan>:<window_s>:<bucket>` (no
+//! clash: a plan name has no `:`). That puts no more on the owner's slot
+//! than the per-owner window already does (every request of the owner
+//! counts there anyway). Plans without a `per_owner` window, and requests
+//! without an owner, keep `{<subject>}`; on one Redis nothing changes.
 //!
 //! # Reply
 //! One bulk string, `"<allowed 1|0> <unix_s> <micros> <cur_1> <prev_1> …"`:
@@ -55,8 +64,11 @@ pub(crate) async fn check(
     let n = plan.windows.len();
     let mut keys: SmallVec<[String; 4]> = SmallVec::with_capacity(n);
     let mut args: SmallVec<[u64; 8]> = SmallVec::with_capacity(2 * n);
+    // Cluster: one hash tag for every window (see the module doc).
+    let owner_tag =
+        owner.filter(|_| store.is_cluster() && plan.windows.iter().any(|w| w.per_owner));
     for w in &plan.windows {
-        keys.push(counter_base(key_prefix, w.per_owner, subject, owner, &w.key_suffix));
+        keys.push(counter_base(key_prefix, w.per_owner, subject, owner, owner_tag, &w.key_suffix));
         let window = w.seconds.saturating_mul(super::window::MS_PER_SEC);
         args.push(window);
         args.push(w.max);
@@ -68,24 +80,36 @@ pub(crate) async fn check(
     Ok(Decision::from_counts(plan, &counts, allowed, 1, DecisionSource::Redis))
 }
 
-/// `{p}rl:{<subject>}:<plan>:<seconds>` (the script appends `:<bucket>`).
+/// `{p}rl:{<subject>}:<plan>:<seconds>` (the script appends `:<bucket>`);
+/// a per-key window under `owner_tag` (cluster mode, see the module doc) is
+/// `{p}rl:{owner:<owner_tag>}:<subject>:<plan>:<seconds>`.
 pub(crate) fn counter_base(
     key_prefix: &str,
     per_owner: bool,
     subject: &str,
     owner: Option<&str>,
+    owner_tag: Option<&str>,
     key_suffix: &str,
 ) -> String {
     let owner = owner.filter(|_| per_owner);
-    let id_len = owner.map_or(subject.len(), |o| OWNER_SUBJECT_PREFIX.len() + o.len());
-    let mut key = String::with_capacity(key_prefix.len() + id_len + key_suffix.len());
+    let tag = owner.or(owner_tag).map_or(subject.len(), |o| OWNER_SUBJECT_PREFIX.len() + o.len());
+    let mut key = String::with_capacity(key_prefix.len() + tag + subject.len() + key_suffix.len());
     key.push_str(key_prefix);
-    match owner {
-        Some(owner) => {
+    match (owner, owner_tag) {
+        (Some(owner), _) => {
             key.push_str(OWNER_SUBJECT_PREFIX);
             key.push_str(owner);
         }
-        None => key.push_str(subject),
+        (None, Some(tag)) => {
+            key.push_str(OWNER_SUBJECT_PREFIX);
+            key.push_str(tag);
+            // `}:<plan>:<seconds>` becomes `}:<subject>:<plan>:<seconds>`.
+            key.push_str("}:");
+            key.push_str(subject);
+            key.push_str(key_suffix.strip_prefix('}').unwrap_or(key_suffix));
+            return key;
+        }
+        (None, None) => key.push_str(subject),
     }
     key.push_str(key_suffix);
     key
@@ -172,12 +196,31 @@ mod tests {
         let p = plan();
         let base = |i: usize, owner| {
             let w = &p.windows[i];
-            counter_base("kw:rl:{", w.per_owner, "key_1", owner, &w.key_suffix)
+            counter_base("kw:rl:{", w.per_owner, "key_1", owner, None, &w.key_suffix)
         };
         assert_eq!(base(0, Some("acme")), "kw:rl:{owner:acme}:free:60");
         assert_eq!(base(1, Some("acme")), "kw:rl:{key_1}:free:1");
         // Anonymous: a per-owner window counts by subject.
         assert_eq!(base(0, None), "kw:rl:{key_1}:free:60");
+    }
+
+    #[test]
+    fn on_a_cluster_every_window_of_an_owned_request_shares_the_owners_slot() {
+        let p = plan();
+        let base = |i: usize, subject: &str| {
+            let w = &p.windows[i];
+            let owner = Some("acme");
+            counter_base("kw:rl:{", w.per_owner, subject, owner, owner, &w.key_suffix)
+        };
+        assert_eq!(base(0, "key_1"), "kw:rl:{owner:acme}:free:60");
+        assert_eq!(base(1, "key_1"), "kw:rl:{owner:acme}:key_1:free:1");
+        // Two keys of one owner keep separate per-key counters.
+        assert_ne!(base(1, "key_1"), base(1, "key_2"));
+        // A subject with its own colons can't reach the owner's counter.
+        assert_ne!(base(1, "free"), base(0, "key_1"));
+        let tag =
+            |key: &str| key[key.find('{').unwrap_or(0)..=key.find('}').unwrap_or(0)].to_owned();
+        assert_eq!(tag(&base(0, "key_1")), tag(&base(1, "jwt:a:b")));
     }
 
     fn bulk(s: &str) -> Value {

@@ -8,6 +8,17 @@
 //! on a tokio channel. A PING every few seconds catches a connection that
 //! died silently (no FIN/RST, e.g. a vanished NAT entry), which would
 //! otherwise look like a quiet channel while revocations go unheard.
+//!
+//! On a Redis Cluster ([`spawn_subscriber_on`] with the cluster's nodes) it
+//! subscribes on one node: a cluster delivers a classic `PUBLISH`, sent to
+//! any node, to the subscribers of every node (over the cluster bus), so
+//! one subscription hears every change. When that node can't be reached or
+//! the subscription is lost, the next attempt goes to the next node of the
+//! list, so a dead master costs one reconnect, not a blind spot. (Not
+//! sharded pub/sub: `SPUBLISH` would need the channel's slot, and the
+//! SPEC §4 channel name has no hash tag.) A node that still answers PING
+//! but is cut off from the rest of the cluster would go quiet instead; the
+//! cache `ttl` bounds revocation then, as during any lost subscription.
 
 use std::time::Duration;
 
@@ -65,8 +76,23 @@ pub fn spawn_subscriber(
     on_resubscribe: impl Fn() + Send + Sync + 'static,
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
+    spawn_subscriber_on(vec![redis_url], prefix, on_invalidate, on_resubscribe, shutdown)
+}
+
+/// [`spawn_subscriber`] for one of several servers, the nodes of a Redis
+/// Cluster (`store.redis.cluster_nodes`): it subscribes on the first,
+/// and each failed or lost subscription moves on to the next, round the
+/// list. With one URL it is `spawn_subscriber`. Nodes whose URL does not
+/// parse are logged and skipped; with none left it logs an error and ends.
+pub fn spawn_subscriber_on(
+    redis_urls: Vec<String>,
+    prefix: String,
+    on_invalidate: impl Fn(KeyHash, u64) + Send + Sync + 'static,
+    on_resubscribe: impl Fn() + Send + Sync + 'static,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(subscribe_forever(
-        redis_url,
+        redis_urls,
         format!("{prefix}events"),
         on_invalidate,
         on_resubscribe,
@@ -81,28 +107,38 @@ enum Ended {
 }
 
 async fn subscribe_forever(
-    redis_url: String,
+    redis_urls: Vec<String>,
     channel: String,
     on_invalidate: impl Fn(KeyHash, u64) + Send + Sync + 'static,
     on_resubscribe: impl Fn() + Send + Sync + 'static,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let shown_url = redact_url(&redis_url);
-    let client = match resp3_client(&redis_url) {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::error!(url = %shown_url, error = %describe(&e), "cannot subscribe to key invalidations: invalid Redis URL");
-            return;
+    // (client, the URL with its password masked: the only form logged)
+    let mut nodes = Vec::with_capacity(redis_urls.len());
+    for url in redis_urls {
+        let shown_url = redact_url(&url);
+        match resp3_client(&url) {
+            Ok(client) => nodes.push((client, shown_url)),
+            Err(e) => {
+                tracing::error!(url = %shown_url, error = %describe(&e), "cannot subscribe to key invalidations there: invalid Redis URL");
+            }
         }
-    };
-    drop(redis_url);
+    }
+    if nodes.is_empty() {
+        tracing::error!("cannot subscribe to key invalidations: no usable Redis URL");
+        return;
+    }
 
     let mut backoff = Backoff::new(RECONNECT_BACKOFF);
     // Events may have been missed: a connection was lost or never made.
     let mut missed = false;
+    // The node to try next: the same one while it serves, the next after it
+    // failed.
+    let mut next = 0;
     loop {
+        let (client, shown_url) = &nodes[next];
         let (tx, rx) = mpsc::unbounded_channel();
-        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, subscribe(&client, &channel, tx));
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, subscribe(client, &channel, tx));
         let attempt = tokio::select! {
             _ = shutdown_fired(&mut shutdown) => return,
             attempt = attempt => attempt,
@@ -136,6 +172,10 @@ async fn subscribe_forever(
             }
         }
         missed = true;
+        next = (next + 1) % nodes.len();
+        // The backoff applies whichever node comes next: it starts at
+        // 100 ms, so moving on to a live node costs little, and a cluster
+        // that is down as a whole is not hammered.
         tokio::select! {
             _ = shutdown_fired(&mut shutdown) => return,
             _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -144,9 +184,12 @@ async fn subscribe_forever(
 }
 
 /// A client for the URL, forced to RESP3 (push messages need it) whatever
-/// the URL says.
+/// the URL says; TLS as the store has it (`rediss://`, never `#insecure`).
 fn resp3_client(redis_url: &str) -> RedisResult<Client> {
     let mut info = redis_url.into_connection_info()?;
+    super::redis::check_tls(&info).map_err(|why| {
+        ::redis::RedisError::from((::redis::ErrorKind::InvalidClientConfig, "refused", why))
+    })?;
     info.redis.protocol = ProtocolVersion::RESP3;
     Client::open(info)
 }

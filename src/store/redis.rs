@@ -18,7 +18,8 @@
 //! known to be broken (an I/O error, or three timeouts in a row) the
 //! store *fails fast*: calls return `Unavailable` at once instead of each
 //! request waiting out its timeout, while a background probe PINGs (100 ms
-//! -> 1 s) until Redis answers again. [`RedisStore::is_up`] reports that
+//! -> 1 s; a cluster gets a stricter check, below) until Redis answers
+//! again. [`RedisStore::is_up`] reports that
 //! state for `/readyz` and the `keyward_store_up` gauge.
 //!
 //! Records are read as other writers may have written them (see
@@ -26,22 +27,75 @@
 //! `set_expires_at`) need the `{p}id:` index; a hash provisioned without it
 //! is still served and listed, but can't be found by id.
 //!
-//! `rediss://` needs redis-rs's TLS features, which the crate does not
-//! enable yet: such a URL is refused as invalid at start.
+//! # TLS
+//! A `rediss://` URL (or cluster node) speaks TLS through rustls (ring),
+//! checking the server's certificate and host name against the system's
+//! roots (rustls-native-certs; `SSL_CERT_FILE` / `SSL_CERT_DIR` name a
+//! private CA instead). `#insecure`, redis-rs's switch that turns the
+//! checks off, is refused at start (`check_tls`): fail closed.
 //!
-//! Redis Cluster (`store.redis.cluster_nodes`) is not built yet:
-//! [`RedisStore::new`] refuses it with `Unavailable`. The scripts below touch
-//! several keys that would need one hash slot there.
+//! # Redis Cluster
+//! With `store.redis.cluster_nodes` the same operations run on a
+//! [`ClusterConnection`] instead of a `ConnectionManager` (`Conn`):
+//! redis-rs routes each command by its key's hash slot, follows `MOVED`
+//! and `ASK`, and refreshes its slot map when the cluster changes (a
+//! failover, a resharding). Reads go to masters only: a replica lags, and a
+//! revoked key read from one could still look active. The availability
+//! rules above hold unchanged, for the cluster as one unit: any
+//! connection-level error (a dead node, `CLUSTERDOWN`, `TRYAGAIN`) trips
+//! the store, and the probe counts it up again only once every master
+//! `CLUSTER SLOTS` names, asked by its address, answers `CLUSTER INFO` with
+//! `cluster_state:ok` (`health`), so a failover is one stretch of
+//! fail-fast (the stale cache, or 503) rather than a stream of timeouts or
+//! a store flapping up and down. While redis-rs reconnects to a node that went away it holds
+//! the cluster connection's other commands back too, for up to
+//! `max(timeout, 1 s)` (its connect timeout); the per-operation budgets
+//! bound what a caller waits meanwhile.
+//!
+//! SPEC §4's key names stay as they are (other systems write them), so a
+//! key's hash, its id index and its owner set live on different slots, and
+//! the steps that span them can't be one script there:
+//!
+//! - **insert** is three single-slot steps, in an order that never shows a
+//!   half-written key: claim `{p}id:{id}` (a script: set it, or find it held
+//!   by this very hash from an earlier try, or refuse: id taken), `SADD` the
+//!   owner set, then write the hash with a one-key script that refuses a
+//!   hash another key holds. The hash is the last write, so a key becomes
+//!   servable, findable by id and listable by owner in one step; a refused
+//!   insert takes its owner-set entry and id claim back. What is weaker than
+//!   on one Redis: an insert cut off between the steps (the process killed,
+//!   Redis gone for longer than the retry) can leave an id claim and an
+//!   owner-set entry that lead to no key (never served, never listed, the
+//!   id never used again: ids are random), and two inserts racing for one
+//!   hash can both appear in the owner set for the moment the loser takes
+//!   to undo its claim.
+//! - **touch_last_used** runs its script once per hash slot of each batch,
+//!   the batch's slots in parallel; bulk reads (`list`, usage writes) send
+//!   one pipeline per slot, in parallel, since redis-rs refuses a pipeline
+//!   that spans slots.
+//! - **list** `SCAN`s every master in turn (from `CLUSTER SLOTS`).
+//! - **revoke / set_expires_at** are one key and a `PUBLISH`; a cluster
+//!   delivers a `PUBLISH` to the subscribers of every node, so the events
+//!   subscriber may listen on any one of them (`events.rs`).
+//!
+//! The rate limiter's counters carry a hash tag (`src/ratelimit/redis.rs`)
+//! and the other scripts touch one key each, so no command is `CROSSSLOT`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, LazyLock, OnceLock, Weak};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, Script};
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use ::redis::{
+    Client, Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
+    RedisResult, Script, Value,
+};
 use arc_swap::ArcSwapOption;
 use rand::Rng;
 use tokio::sync::{watch, Notify};
@@ -70,6 +124,17 @@ const TIMEOUTS_TO_TRIP: u32 = 3;
 /// Commands per pipeline in bulk reads and `touch_last_used`, so each
 /// round trip stays small enough for the per-command timeout.
 const BATCH: usize = 100;
+/// Redirections and retries redis-rs may spend on one cluster command: a
+/// `MOVED`, then an `ASK` during a slot migration, then one retry after a
+/// reconnect. More would only wait out an outage that the store's own
+/// fail-fast handles better (and the operation's budget cuts them off).
+const CLUSTER_RETRIES: u32 = 3;
+/// redis-rs's wait before a cluster retry (`TRYAGAIN`, `CLUSTERDOWN`), in
+/// ms, from 10 to at most 100: its defaults (1.28 s and up) exceed every
+/// budget of the store.
+const CLUSTER_RETRY_WAIT_MS: (u64, u64) = (10, 100);
+/// Redis Cluster's hash slots (the key space is split into this many).
+const CLUSTER_SLOTS: u16 = 16_384;
 
 /// The Redis store. Cheap to clone: clones share one connection.
 #[derive(Clone)]
@@ -85,11 +150,15 @@ struct Inner {
     /// `keys revoke` must not fail because a script load over a
     /// cross-zone link needed three round trips of 20 ms.
     admin_timeout: Duration,
-    /// The URL with its password masked: the only form that is logged.
+    /// The URL with its password masked (for a cluster, `cluster [<node>
+    /// …]`, each masked): the only form that is logged.
     shown_url: String,
-    /// `None` until the first connection succeeds. The manager then
+    /// `store.redis.cluster_nodes` is set: the cluster-mode steps of the
+    /// module doc apply.
+    cluster: bool,
+    /// `None` until the first connection succeeds. The connection then
     /// reconnects by itself (driven by commands and the probe).
-    conn: ArcSwapOption<ConnectionManager>,
+    conn: ArcSwapOption<Conn>,
     /// `true` while the last command or probe succeeded.
     up: watch::Sender<bool>,
     timeouts_in_a_row: AtomicU32,
@@ -97,8 +166,66 @@ struct Inner {
     /// its own `Arc`, so the task never keeps `Inner` alive.
     tripped: Arc<Notify>,
     supervisor: OnceLock<tokio::task::AbortHandle>,
-    insert_script: Script,
-    modify_script: Script,
+}
+
+/// What the store's commands run on. Both reconnect by themselves; this
+/// enum only dispatches, so the request path's one command costs what it
+/// did on a bare `ConnectionManager`.
+#[derive(Clone)]
+enum Conn {
+    /// One Redis (`store.redis.url`).
+    Single(ConnectionManager),
+    /// A Redis Cluster (`store.redis.cluster_nodes`).
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How the supervisor makes a [`Conn`].
+enum Connector {
+    Single(Client, ConnectionManagerConfig),
+    Cluster(ClusterClient),
+}
+
+impl Connector {
+    async fn connect(&self) -> RedisResult<Conn> {
+        match self {
+            Connector::Single(client, config) => {
+                ConnectionManager::new_with_config(client.clone(), config.clone())
+                    .await
+                    .map(Conn::Single)
+            }
+            // Connects to the seed nodes, reads the slot map from one of
+            // them and connects to every node it names.
+            Connector::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -137,6 +264,43 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('SADD', KEYS[3], ARGV[2])
 return 0
 ";
+static INSERT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(INSERT_LUA));
+
+/// Cluster insert, step 1: claims `{p}id:{id}` for a hash. Returns 1 when
+/// claimed now, 2 when this hash holds it already (an earlier try of the
+/// same insert), 0 when another hash holds it (id taken).
+/// KEYS: `{p}id:{id}`. ARGV: hex.
+const CLAIM_ID_LUA: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then return 2 end
+if current then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+";
+static CLAIM_ID: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(CLAIM_ID_LUA));
+
+/// Cluster insert, last step: writes the hash unless another key holds it.
+/// The very same key (same id) there already counts as written. Returns 0
+/// (written) or 1 (hash taken).
+/// KEYS: `{p}key:{hex}`. ARGV: id, then field/value pairs.
+const WRITE_HASH_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then return 0 end
+  return 1
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 0
+";
+static WRITE_HASH: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(WRITE_HASH_LUA));
+
+/// Cluster insert, undo of a refused insert: drops the id claim, only while
+/// it still names this hash (never another insert's claim).
+/// KEYS: `{p}id:{id}`. ARGV: hex.
+const RELEASE_ID_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+";
+static RELEASE_ID: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(RELEASE_ID_LUA));
 
 /// Atomically change one field and announce it, so no replica can miss a
 /// change that happened (the event and the write are one step).
@@ -162,16 +326,14 @@ local ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
 redis.call('PUBLISH', ARGV[4], 'invalidate ' .. ARGV[3] .. ' ' .. ms)
 return redis.call('HGETALL', KEYS[1])
 ";
+static MODIFY: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(MODIFY_LUA));
 
-/// Sets `last_used_at` only on a hash that exists (a deleted key must not
-/// come back as a hash holding nothing but a time) and only forwards (two
-/// replicas flushing out of order must not move it back).
-/// KEYS: `{p}key:{hex}`. ARGV: Unix seconds.
 /// Sets `last_used_at` for each `KEYS[i]` to `ARGV[i]`, only on records that
-/// exist (never re-creating a deleted key) and never moving time backwards.
-/// One call per flush chunk rather than one per key: the writes are off the
-/// request path, but every call still costs Redis a command. (Multi-key, so
-/// on a future Redis Cluster the chunk must be split by slot.)
+/// exist (a deleted key must not come back as a hash holding nothing but a
+/// time) and never moving time backwards (two replicas flushing out of
+/// order). One call per flush chunk rather than one per key: the writes are
+/// off the request path, but every call still costs Redis a command. On a
+/// cluster, one call per hash slot of the chunk.
 const TOUCH_LUA: &str = r"
 for i, key in ipairs(KEYS) do
   if redis.call('EXISTS', key) == 1 then
@@ -219,6 +381,246 @@ fn script_cmd(verb: &str, script: &[u8], keys: &[String], args: &[u64]) -> Cmd {
     cmd
 }
 
+/// `EVALSHA` of one of the store's own scripts, and on `NOSCRIPT` (a
+/// restarted, flushed or newly promoted Redis: each cluster node caches
+/// scripts on its own) one `EVAL` of the source, which caches it again.
+/// Not redis-rs's `Script::invoke_async`: it recovers with `SCRIPT LOAD`,
+/// which a cluster sends to every node, so one unreachable node (a replica
+/// even) would fail a revoke.
+async fn invoke<T: FromRedisValue>(
+    conn: &mut Conn,
+    script: &LuaScript,
+    keys: &[&str],
+    args: &[&str],
+) -> RedisResult<T> {
+    let call = |verb: &str, body: &[u8]| {
+        let mut cmd = ::redis::cmd(verb);
+        cmd.arg(body).arg(keys.len()).arg(keys).arg(args);
+        cmd
+    };
+    match call("EVALSHA", script.sha1.as_bytes()).query_async(conn).await {
+        Err(e) if e.kind() == ErrorKind::NoScriptError => {
+            call("EVAL", script.source.as_bytes()).query_async(conn).await
+        }
+        other => other,
+    }
+}
+
+/// Independent commands, each with the hash slot of its key, sent at once;
+/// their replies come back in order. On one Redis that is one pipeline (one
+/// round trip). A cluster refuses a pipeline whose keys span slots, so there
+/// it is one pipeline per slot, all in parallel (redis-rs sends each to the
+/// slot's master, over that node's one multiplexed connection).
+async fn query_batch(conn: &mut Conn, batch: &[(u16, Cmd)]) -> RedisResult<Vec<Value>> {
+    let cluster = match conn {
+        Conn::Single(_) => {
+            let mut pipe = ::redis::pipe();
+            for (_, cmd) in batch {
+                pipe.add_command(cmd.clone());
+            }
+            return pipe.query_async(conn).await;
+        }
+        Conn::Cluster(cluster) => cluster,
+    };
+    let mut by_slot: HashMap<u16, Vec<usize>> = HashMap::new();
+    for (i, (slot, _)) in batch.iter().enumerate() {
+        by_slot.entry(*slot).or_default().push(i);
+    }
+    let calls = by_slot.into_values().map(|indices| {
+        let mut pipe = ::redis::pipe();
+        for &i in &indices {
+            pipe.add_command(batch[i].1.clone());
+        }
+        let mut conn = cluster.clone();
+        async move {
+            let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+            Ok::<_, RedisError>((indices, replies))
+        }
+    });
+    let mut out = vec![Value::Nil; batch.len()];
+    for (indices, replies) in futures_util::future::try_join_all(calls).await? {
+        if replies.len() != indices.len() {
+            return Err(RedisError::from((
+                ErrorKind::TypeError,
+                "a pipeline answered with the wrong number of replies",
+            )));
+        }
+        for (i, reply) in indices.into_iter().zip(replies) {
+            out[i] = reply;
+        }
+    }
+    Ok(out)
+}
+
+/// Each reply of [`query_batch`] as a `T`.
+fn replies_as<T: FromRedisValue>(replies: Vec<Value>) -> RedisResult<Vec<T>> {
+    replies.into_iter().map(T::from_owned_redis_value).collect()
+}
+
+/// The Redis Cluster hash slot of a key: CRC16 (XMODEM) of the key, or of
+/// the part between its first `{` and the next `}` when that is not empty
+/// (the hash tag), modulo 16384, as the cluster specification defines it.
+/// For grouping a batch by slot (redis-rs keeps its own copy private).
+fn slot_of(key: &[u8]) -> u16 {
+    let tag = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16(tag.unwrap_or(key)) % CLUSTER_SLOTS
+}
+
+/// CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0.
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 == 0 { crc << 1 } else { (crc << 1) ^ 0x1021 };
+        }
+    }
+    crc
+}
+
+/// A master of a cluster, as `CLUSTER SLOTS` names it, and one slot it
+/// serves.
+struct Master {
+    host: String,
+    port: u16,
+    slot: u16,
+}
+
+impl Master {
+    /// Routing to this very node, by its address: redis-rs answers with an
+    /// error when it has no connection there (and rebuilds its slot map),
+    /// where routing by slot would fall back to a random node and so SCAN
+    /// or check the wrong one. A node that names no host is reached by
+    /// slot.
+    fn routing(&self) -> RoutingInfo {
+        let node = if self.host.is_empty() || self.host == "?" {
+            SingleNodeRoutingInfo::SpecificNode(Route::new(self.slot, SlotAddr::Master))
+        } else {
+            SingleNodeRoutingInfo::ByAddress { host: self.host.clone(), port: self.port }
+        };
+        RoutingInfo::SingleNode(node)
+    }
+}
+
+/// Every master serving slots, from `CLUSTER SLOTS` (per range `[start,
+/// end, [host, port, …], replicas…]`) on any node.
+async fn cluster_masters(conn: &mut ClusterConnection) -> RedisResult<Vec<Master>> {
+    let ranges: Vec<Value> = ::redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    let unexpected = || RedisError::from((ErrorKind::TypeError, "unexpected CLUSTER SLOTS reply"));
+    let mut masters: HashMap<(String, u16), u16> = HashMap::new();
+    for range in &ranges {
+        let Value::Array(range) = range else { return Err(unexpected()) };
+        let (Some(Value::Int(start)), Some(Value::Array(master))) = (range.first(), range.get(2))
+        else {
+            return Err(unexpected());
+        };
+        let (Some(host), Some(Value::Int(port))) = (master.first(), master.get(1)) else {
+            return Err(unexpected());
+        };
+        let host = match host {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::SimpleString(s) => s.clone(),
+            _ => return Err(unexpected()),
+        };
+        let start = u16::try_from(*start).map_err(|_| unexpected())?;
+        let port = u16::try_from(*port).map_err(|_| unexpected())?;
+        masters.entry((host, port)).or_insert(start);
+    }
+    Ok(masters.into_iter().map(|((host, port), slot)| Master { host, port, slot }).collect())
+}
+
+/// One page of `SCAN cursor MATCH pattern COUNT 1000`, on one Redis or on
+/// one master of a cluster.
+async fn scan_page(
+    conn: &mut Conn,
+    master: Option<&Master>,
+    cursor: u64,
+    pattern: &str,
+) -> RedisResult<(u64, Vec<String>)> {
+    let mut cmd = ::redis::cmd("SCAN");
+    cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+    match (conn, master) {
+        (Conn::Cluster(cluster), Some(master)) => FromRedisValue::from_owned_redis_value(
+            cluster.route_command(&cmd, master.routing()).await?,
+        ),
+        (conn, _) => cmd.query_async(conn).await,
+    }
+}
+
+/// The probe's and `ping`'s health check. One Redis: PING. A cluster: every
+/// master `CLUSTER SLOTS` names answers `CLUSTER INFO` with
+/// `cluster_state:ok`, each asked by its address. So a cluster that
+/// answers but can't serve every slot counts as down: a master that just
+/// died (still in the slot map until the others agree it failed), or one
+/// failed with no replica promoted yet. A looser check (PING, which redis-rs
+/// sends only to the masters it still holds a connection to) let the store
+/// flap up on every probe and down on the next request, a dozen times in
+/// one failover.
+async fn health(conn: &mut Conn) -> RedisResult<()> {
+    let cluster = match conn {
+        Conn::Single(single) => return ::redis::cmd("PING").query_async::<()>(single).await,
+        Conn::Cluster(cluster) => cluster,
+    };
+    let masters = cluster_masters(cluster).await?;
+    let mut info_cmd = ::redis::cmd("CLUSTER");
+    info_cmd.arg("INFO");
+    // All at once: the periodic check runs on the request path's budget.
+    let checks = masters.iter().map(|master| {
+        let (mut cluster, info_cmd) = (cluster.clone(), &info_cmd);
+        async move {
+            let info: String = FromRedisValue::from_owned_redis_value(
+                cluster.route_command(info_cmd, master.routing()).await?,
+            )?;
+            if info.lines().any(|line| line.trim() == "cluster_state:ok") {
+                Ok(())
+            } else {
+                Err(RedisError::from((
+                    ErrorKind::ClusterDown,
+                    "cluster_state is not ok",
+                    format!("{}:{}", master.host, master.port),
+                )))
+            }
+        }
+    });
+    futures_util::future::try_join_all(checks).await.map(|_| ())
+}
+
+/// The cluster insert of the module doc: claim the id, join the owner set,
+/// then write the hash; a refused hash takes the first two back. Returns
+/// what `INSERT_LUA` would: 0, 1 (hash taken) or 2 (id taken). Each step
+/// is idempotent, so `run`'s retry after a broken connection redoes the
+/// ones already done harmlessly (the claim finds the id held by this
+/// hash). `hash_args`: the id, then the field/value pairs.
+async fn insert_in_cluster(
+    conn: &mut Conn,
+    key: &str,
+    id_key: &str,
+    owner_key: &str,
+    hex: &str,
+    id: &str,
+    hash_args: &[&str],
+) -> RedisResult<i64> {
+    let claimed: i64 = invoke(conn, &CLAIM_ID, &[id_key], &[hex]).await?;
+    if claimed == 0 {
+        return Ok(2);
+    }
+    ::redis::cmd("SADD").arg(owner_key).arg(id).query_async::<()>(conn).await?;
+    let written: i64 = invoke(conn, &WRITE_HASH, &[key], hash_args).await?;
+    if written != 0 {
+        // Another key holds the hash, so no key has this id: neither the
+        // owner-set entry nor the claim may stay (the claim only while it
+        // still names this hash).
+        ::redis::cmd("SREM").arg(owner_key).arg(id).query_async::<()>(conn).await?;
+        invoke::<()>(conn, &RELEASE_ID, &[id_key], &[hex]).await?;
+        return Ok(1);
+    }
+    Ok(0)
+}
+
 /// Takes one creation of an owner's sliding window, by the server's clock.
 /// KEYS: `{p}creations:{owner}` (a sorted set of creation times in ms).
 /// ARGV: window seconds, max, a unique member suffix. Returns -1 when
@@ -240,53 +642,63 @@ return -1
 impl RedisStore {
     /// Starts the store and its background connect; never waits for the
     /// network. Must be called inside a tokio runtime. Refuses a config
-    /// without a URL, and Redis Cluster (not built yet).
+    /// with neither a URL nor cluster nodes, and URLs redis-rs can't use
+    /// (for a cluster also a unix socket, or a database other than 0: a
+    /// cluster has only database 0).
     pub fn new(config: &RedisConfig) -> Result<RedisStore, StoreError> {
-        let Some(url) = config.url.as_deref() else {
-            if !config.cluster_nodes.is_empty() {
-                // Cluster needs its own client (redis::cluster_async) and
-                // hash-tagged key names for the multi-key scripts; until
-                // then, say so instead of half-working.
-                return Err(StoreError::Unavailable(
-                    "redis cluster support is not built yet".to_owned(),
-                ));
+        let admin_timeout = config.timeout.max(MIN_ADMIN_TIMEOUT);
+        let (connector, shown_url) = match config.url.as_deref() {
+            Some(url) => {
+                let shown_url = redact_url(url);
+                let invalid = |why: String| {
+                    StoreError::Invalid(format!("invalid Redis URL {shown_url}: {why}"))
+                };
+                let info = url.into_connection_info().map_err(|e| invalid(describe(&e)))?;
+                check_tls(&info).map_err(invalid)?;
+                let client = Client::open(info).map_err(|e| invalid(describe(&e)))?;
+                // One connection attempt per manager reconnect, each
+                // bounded: the backoff between attempts is ours
+                // (supervise), so a reconnect never holds commands for a
+                // series of retries.
+                let manager_config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(0)
+                    .set_connection_timeout(admin_timeout);
+                (Connector::Single(client, manager_config), shown_url)
             }
-            return Err(StoreError::Invalid("store.redis.url is not set".to_owned()));
+            None if config.cluster_nodes.is_empty() => {
+                return Err(StoreError::Invalid("store.redis.url is not set".to_owned()));
+            }
+            None => {
+                let client = cluster_client(&config.cluster_nodes, admin_timeout)?;
+                (Connector::Cluster(client), shown_nodes(&config.cluster_nodes))
+            }
         };
-        let shown_url = redact_url(url);
-        let client = Client::open(url).map_err(|e| {
-            StoreError::Invalid(format!("invalid Redis URL {shown_url}: {}", describe(&e)))
-        })?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             StoreError::Unavailable(
                 "the Redis store must be started inside a tokio runtime".to_owned(),
             )
         })?;
-        let admin_timeout = config.timeout.max(MIN_ADMIN_TIMEOUT);
         let tripped = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
             admin_timeout,
             shown_url,
+            cluster: matches!(connector, Connector::Cluster(_)),
             conn: ArcSwapOption::empty(),
             up: watch::Sender::new(false),
             timeouts_in_a_row: AtomicU32::new(0),
             tripped: tripped.clone(),
             supervisor: OnceLock::new(),
-            insert_script: Script::new(INSERT_LUA),
-            modify_script: Script::new(MODIFY_LUA),
         });
-        // One connection attempt per manager reconnect, each bounded: the
-        // backoff between attempts is ours (supervise), so a reconnect never
-        // holds commands for a series of retries.
-        let manager_config = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(admin_timeout);
-        let task =
-            runtime.spawn(supervise(Arc::downgrade(&inner), tripped, client, manager_config));
+        let task = runtime.spawn(supervise(Arc::downgrade(&inner), tripped, connector));
         let _ = inner.supervisor.set(task.abort_handle());
         Ok(RedisStore { inner })
+    }
+
+    /// Whether the store runs on a Redis Cluster (`store.redis.cluster_nodes`).
+    pub fn is_cluster(&self) -> bool {
+        self.inner.cluster
     }
 
     /// Whether the store is up: connected, and the last command or health
@@ -349,7 +761,7 @@ impl RedisStore {
     /// `INSERT_LUA`), so a retry after a lost reply is harmless.
     async fn run<T, F, Fut>(&self, op: Op, f: F) -> Result<T, StoreError>
     where
-        F: Fn(ConnectionManager) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let inner = &*self.inner;
@@ -438,19 +850,38 @@ impl RedisStore {
     ) -> Result<Vec<(KeyHash, Option<HashMap<String, String>>)>, StoreError> {
         let mut out = Vec::with_capacity(hashes.len());
         for chunk in hashes.chunks(BATCH) {
-            let mut pipe = ::redis::pipe();
-            for hash in chunk {
-                pipe.hgetall(self.key_of(hash));
-            }
-            let maps: Vec<HashMap<String, String>> = self
-                .run(Op::List, |mut c| {
-                    let pipe = &pipe;
-                    async move { pipe.query_async(&mut c).await }
+            let batch: Vec<(u16, Cmd)> = chunk
+                .iter()
+                .map(|hash| {
+                    let key = self.key_of(hash);
+                    (self.slot(&key), ::redis::cmd("HGETALL").arg(key).to_owned())
                 })
-                .await?;
+                .collect();
+            let maps: Vec<HashMap<String, String>> = self.run_batch(Op::List, &batch).await?;
             out.extend(chunk.iter().zip(maps).map(|(h, m)| (*h, (!m.is_empty()).then_some(m))));
         }
         Ok(out)
+    }
+
+    /// The hash slot of `key` on a cluster (0 on one Redis, where it does
+    /// not matter), for [`query_batch`].
+    fn slot(&self, key: &str) -> u16 {
+        if self.inner.cluster {
+            slot_of(key.as_bytes())
+        } else {
+            0
+        }
+    }
+
+    /// [`query_batch`] as one operation under the store's rules, each reply
+    /// read as a `T`.
+    async fn run_batch<T: FromRedisValue>(
+        &self,
+        op: Op,
+        batch: &[(u16, Cmd)],
+    ) -> Result<Vec<T>, StoreError> {
+        let replies = self.run(op, |mut c| async move { query_batch(&mut c, batch).await }).await?;
+        replies_as(replies).map_err(|e| self.inner.failed(op, &e))
     }
 
     /// Resolves a key id to its hash through `{p}id:{id}`.
@@ -488,12 +919,11 @@ impl RedisStore {
         let hex = hash.to_hex();
         let channel = self.events_channel();
         let at = at.unwrap_or(0).to_string();
-        let script = &self.inner.modify_script;
+        let (keys, args) = ([key.as_str()], [action, &at, &hex, &channel]);
         let fields: Option<HashMap<String, String>> = self
             .run(op, |mut c| {
-                let mut call = script.key(&key);
-                call.arg(action).arg(&at).arg(&hex).arg(&channel);
-                async move { call.invoke_async(&mut c).await }
+                let (keys, args) = (&keys, &args);
+                async move { invoke(&mut c, &MODIFY, keys, args).await }
             })
             .await?;
         // The id index points at a hash that is gone: as good as no key.
@@ -543,18 +973,17 @@ impl Inner {
         })
     }
 
-    /// One PING straight through the manager, bypassing fail-fast.
+    /// One health check ([`health`]) straight through the connection,
+    /// bypassing fail-fast.
     async fn probe(&self) -> Result<(), String> {
         let Some(conn) = self.conn.load_full() else {
             return Err("not connected".to_owned());
         };
         let mut conn = (*conn).clone();
-        let ping_cmd = ::redis::cmd("PING");
-        let ping = ping_cmd.query_async::<String>(&mut conn);
-        match tokio::time::timeout(self.admin_timeout, ping).await {
-            Ok(Ok(_)) => Ok(()),
+        match tokio::time::timeout(self.admin_timeout, health(&mut conn)).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(describe(&e)),
-            Err(_) => Err("PING timed out".to_owned()),
+            Err(_) => Err("health check timed out".to_owned()),
         }
     }
 }
@@ -604,20 +1033,14 @@ impl Op {
 /// The background half of the store: first connect with backoff, then
 /// watch health. Holds only a `Weak` so dropping the last `RedisStore`
 /// ends it (`Inner::drop` also aborts it).
-async fn supervise(
-    store: Weak<Inner>,
-    tripped: Arc<Notify>,
-    client: Client,
-    manager_config: ConnectionManagerConfig,
-) {
+async fn supervise(store: Weak<Inner>, tripped: Arc<Notify>, connector: Connector) {
     let mut backoff = Backoff::new(CONNECT_BACKOFF);
     let mut attempts = 0u32;
     loop {
         let Some(inner) = store.upgrade() else { return };
-        let connect = ConnectionManager::new_with_config(client.clone(), manager_config.clone());
-        let error = match tokio::time::timeout(inner.admin_timeout, connect).await {
-            Ok(Ok(manager)) => {
-                inner.conn.store(Some(Arc::new(manager)));
+        let error = match tokio::time::timeout(inner.admin_timeout, connector.connect()).await {
+            Ok(Ok(conn)) => {
+                inner.conn.store(Some(Arc::new(conn)));
                 inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
                 inner.set_up(true);
                 tracing::info!(url = %inner.shown_url, "connected to the Redis key store");
@@ -728,17 +1151,29 @@ impl KeyStore for RedisStore {
             (self.key_of(hash), self.id_key(&record.id), self.owner_key(&record.owner));
         let hex = hash.to_hex();
         let fields = fields_of(record);
-        let script = &self.inner.insert_script;
-        let outcome: i64 = self
-            .run(Op::Insert, |mut c| {
-                let mut call = script.key(&key);
-                call.key(&id_key).key(&owner_key).arg(&hex).arg(&record.id);
-                for (name, value) in &fields {
-                    call.arg(*name).arg(value);
+        let mut args = vec![hex.as_str(), record.id.as_str()];
+        for (name, value) in &fields {
+            args.extend([*name, value.as_str()]);
+        }
+        let outcome: i64 = if self.inner.cluster {
+            // From `args`: the id, then the field/value pairs.
+            let hash_args = &args[1..];
+            self.run(Op::Insert, |mut c| {
+                let (key, id_key, owner_key, hex) = (&key, &id_key, &owner_key, &hex);
+                let id = &record.id;
+                async move {
+                    insert_in_cluster(&mut c, key, id_key, owner_key, hex, id, hash_args).await
                 }
-                async move { call.invoke_async(&mut c).await }
             })
-            .await?;
+            .await?
+        } else {
+            let keys = [key.as_str(), id_key.as_str(), owner_key.as_str()];
+            self.run(Op::Insert, |mut c| {
+                let (keys, args) = (&keys, &args);
+                async move { invoke(&mut c, &INSERT, keys, args).await }
+            })
+            .await?
+        };
         match outcome {
             0 => Ok(()),
             1 => Err(StoreError::Conflict("a key with the same hash exists already".to_owned())),
@@ -759,21 +1194,31 @@ impl KeyStore for RedisStore {
 
     async fn touch_last_used(&self, batch: &[(KeyHash, u64)]) -> Result<(), StoreError> {
         for chunk in batch.chunks(BATCH) {
-            // EVAL rather than EVALSHA: nothing to recover after a restart's
-            // NOSCRIPT, and Redis caches the compiled script by its digest.
-            let mut cmd = ::redis::cmd("EVAL");
-            cmd.arg(TOUCH_LUA).arg(chunk.len());
-            for (hash, _) in chunk {
-                cmd.arg(self.key_of(hash));
+            // One script call for the chunk; on a cluster one per hash slot
+            // (a script's keys must share one).
+            let mut by_slot: HashMap<u16, Vec<(String, u64)>> = HashMap::new();
+            for (hash, at) in chunk {
+                let key = self.key_of(hash);
+                by_slot.entry(self.slot(&key)).or_default().push((key, *at));
             }
-            for (_, at) in chunk {
-                cmd.arg(*at);
-            }
-            self.run(Op::TouchLastUsed, |mut c| {
-                let cmd = &cmd;
-                async move { cmd.query_async::<()>(&mut c).await }
-            })
-            .await?;
+            let calls: Vec<(u16, Cmd)> = by_slot
+                .into_iter()
+                .map(|(slot, touches)| {
+                    // EVAL rather than EVALSHA: nothing to recover after a
+                    // restart's NOSCRIPT, and Redis caches the compiled
+                    // script by its digest.
+                    let mut cmd = ::redis::cmd("EVAL");
+                    cmd.arg(TOUCH_LUA).arg(touches.len());
+                    for (key, _) in &touches {
+                        cmd.arg(key);
+                    }
+                    for (_, at) in &touches {
+                        cmd.arg(*at);
+                    }
+                    (slot, cmd)
+                })
+                .collect();
+            self.run_batch::<Value>(Op::TouchLastUsed, &calls).await?;
         }
         Ok(())
     }
@@ -781,17 +1226,15 @@ impl KeyStore for RedisStore {
     async fn add_usage(&self, batch: &[super::usage::UsageDelta]) -> Result<(), StoreError> {
         let ttl = super::usage::RETENTION_DAYS * 86_400;
         for chunk in batch.chunks(BATCH) {
-            let mut pipe = ::redis::pipe();
+            let mut cmds = Vec::with_capacity(2 * chunk.len());
             for (id, day, n) in chunk {
                 let key = self.usage_key(id);
-                pipe.cmd("HINCRBY").arg(&key).arg(super::usage::date_of(*day)).arg(*n).ignore();
-                pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+                let slot = self.slot(&key);
+                let date = super::usage::date_of(*day);
+                cmds.push((slot, ::redis::cmd("HINCRBY").arg(&key).arg(date).arg(*n).to_owned()));
+                cmds.push((slot, ::redis::cmd("EXPIRE").arg(&key).arg(ttl).to_owned()));
             }
-            self.run(Op::Usage, |mut c| {
-                let pipe = &pipe;
-                async move { pipe.query_async::<()>(&mut c).await }
-            })
-            .await?;
+            self.run_batch::<Value>(Op::Usage, &cmds).await?;
         }
         Ok(())
     }
@@ -834,53 +1277,56 @@ impl KeyStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run(Op::Ping, |mut c| async move {
-            ::redis::cmd("PING").query_async::<String>(&mut c).await
-        })
-        .await
-        .map(|_| ())
+        self.run(Op::Ping, |mut c| async move { health(&mut c).await }).await
     }
 }
 
 impl RedisStore {
     /// Every `{p}key:{hex}` (SCAN, so Redis keeps serving meanwhile; fine
-    /// for an operator's listing, never used on the request path).
+    /// for an operator's listing, never used on the request path). On a
+    /// cluster, every master in turn.
     async fn scan_hashes(&self) -> Result<Vec<KeyHash>, StoreError> {
         let key_prefix = format!("{}key:", self.inner.prefix);
         let pattern = format!("{}*", glob_escape(&key_prefix));
+        // One Redis: one pass (`None`); a cluster: one per master.
+        let masters: Vec<Option<Master>> = if self.inner.cluster {
+            let masters = self.run(Op::List, |c| async move {
+                match c {
+                    Conn::Cluster(mut cluster) => cluster_masters(&mut cluster).await,
+                    Conn::Single(_) => Ok(Vec::new()),
+                }
+            });
+            masters.await?.into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
         // SCAN may return a key twice; the set also sorts.
         let mut found = BTreeSet::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .run(Op::List, |mut c| {
-                    let pattern = &pattern;
-                    async move {
-                        ::redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(pattern)
-                            .arg("COUNT")
-                            .arg(1000)
-                            .query_async(&mut c)
-                            .await
-                    }
-                })
-                .await?;
-            found.extend(
-                keys.iter()
-                    .filter_map(|k| k.strip_prefix(&key_prefix))
-                    .filter_map(KeyHash::from_hex),
-            );
-            if next == 0 {
-                return Ok(found.into_iter().collect());
+        for master in &masters {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = self
+                    .run(Op::List, |mut c| {
+                        let pattern = &pattern;
+                        async move { scan_page(&mut c, master.as_ref(), cursor, pattern).await }
+                    })
+                    .await?;
+                found.extend(
+                    keys.iter()
+                        .filter_map(|k| k.strip_prefix(&key_prefix))
+                        .filter_map(KeyHash::from_hex),
+                );
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            cursor = next;
         }
+        Ok(found.into_iter().collect())
     }
 
-    /// The hashes of the ids in `{p}owner:{owner}`; ids whose index is gone
-    /// are skipped.
+    /// The hashes of the ids in `{p}owner:{owner}`, each once; ids whose
+    /// index is gone are skipped.
     async fn owner_hashes(&self, owner: &str) -> Result<Vec<KeyHash>, StoreError> {
         let set = self.owner_key(owner);
         let ids: Vec<String> = self
@@ -891,18 +1337,20 @@ impl RedisStore {
             .await?;
         let mut hashes = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(BATCH) {
-            let mut pipe = ::redis::pipe();
-            for id in chunk {
-                pipe.cmd("GET").arg(self.id_key(id));
-            }
-            let hexes: Vec<Option<String>> = self
-                .run(Op::List, |mut c| {
-                    let pipe = &pipe;
-                    async move { pipe.query_async(&mut c).await }
+            let batch: Vec<(u16, Cmd)> = chunk
+                .iter()
+                .map(|id| {
+                    let key = self.id_key(id);
+                    (self.slot(&key), ::redis::cmd("GET").arg(key).to_owned())
                 })
-                .await?;
+                .collect();
+            let hexes: Vec<Option<String>> = self.run_batch(Op::List, &batch).await?;
             hashes.extend(hexes.iter().flatten().filter_map(|h| KeyHash::from_hex(h.trim())));
         }
+        // Two ids naming one hash (on a cluster, an insert that lost a race
+        // for that hash, for the moment its undo takes) list the key once.
+        hashes.sort_unstable();
+        hashes.dedup();
         Ok(hashes)
     }
 }
@@ -1004,6 +1452,71 @@ fn parse_logged(hash: &KeyHash, fields: &HashMap<String, String>) -> Result<KeyR
 
 // ---------------------------------------------------------------------------
 // Small helpers
+
+/// The cluster client for `store.redis.cluster_nodes`, the seed nodes (it
+/// learns the others from them). Connect and response timeouts are the
+/// store's budget off the request path; retries are few and short
+/// ([`CLUSTER_RETRIES`]).
+fn cluster_client(nodes: &[String], admin_timeout: Duration) -> Result<ClusterClient, StoreError> {
+    let mut infos = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let invalid = |why: String| {
+            StoreError::Invalid(format!("invalid Redis Cluster node {}: {why}", redact_url(node)))
+        };
+        let info = node.as_str().into_connection_info().map_err(|e| invalid(describe(&e)))?;
+        check_tls(&info).map_err(invalid)?;
+        if info.redis.db != 0 {
+            return Err(invalid(format!(
+                "a Redis Cluster has only database 0, not {}",
+                info.redis.db
+            )));
+        }
+        infos.push(info);
+    }
+    ClusterClientBuilder::new(infos)
+        .connection_timeout(admin_timeout)
+        .response_timeout(admin_timeout)
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(CLUSTER_RETRY_WAIT_MS.0)
+        .max_retry_wait(CLUSTER_RETRY_WAIT_MS.1)
+        .build()
+        .map_err(|e| {
+            StoreError::Invalid(format!(
+                "invalid Redis Cluster nodes {}: {}",
+                shown_nodes(nodes),
+                describe(&e)
+            ))
+        })
+}
+
+/// For a `rediss://` address: refuses `#insecure` (redis-rs's switch that
+/// turns certificate checks off; a man in the middle could then answer
+/// lookups and admit any key) and makes sure rustls has its crypto
+/// provider. redis-rs builds its TLS config with `ClientConfig::builder()`,
+/// which takes the process-wide default provider; keyward passes its own
+/// everywhere else (`crate::tls::provider`), so it installs that same one
+/// as the default here (a no-op when one is installed already) rather
+/// than leave the choice to whichever rustls features the build enables.
+pub(crate) fn check_tls(info: &::redis::ConnectionInfo) -> Result<(), String> {
+    match &info.addr {
+        ::redis::ConnectionAddr::TcpTls { insecure: true, .. } => Err(
+            "#insecure turns off TLS certificate checks; keyward refuses it (trust a private CA \
+             with SSL_CERT_FILE instead)"
+                .to_owned(),
+        ),
+        ::redis::ConnectionAddr::TcpTls { .. } => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `cluster [<node> …]`, passwords masked: how logs name a cluster.
+fn shown_nodes(nodes: &[String]) -> String {
+    let shown: Vec<String> = nodes.iter().map(|n| redact_url(n)).collect();
+    format!("cluster [{}]", shown.join(" "))
+}
 
 /// An error worth failing the store over: the connection, not the data.
 fn is_connection_error(e: &RedisError) -> bool {
@@ -1186,14 +1699,73 @@ mod tests {
     }
 
     #[test]
-    fn cluster_config_is_refused_as_not_built_yet() {
+    fn slots_follow_the_cluster_spec_hash_tags_included() {
+        // The CRC16 check value of the cluster specification's reference.
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        // `CLUSTER KEYSLOT foo` on a real Redis.
+        assert_eq!(slot_of(b"foo"), 12_182);
+        assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"{user1000}.followers"));
+        assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
+        // The spec's edge cases: only the first `{`, an empty tag counts
+        // for nothing, and the tag ends at the first `}` after it.
+        assert_eq!(slot_of(b"foo{}{bar}"), crc16(b"foo{}{bar}") % CLUSTER_SLOTS);
+        assert_eq!(slot_of(b"foo{{bar}}zap"), slot_of(b"{bar"));
+        assert_eq!(slot_of(b"foo{bar}{zap}"), slot_of(b"bar"));
+        assert_eq!(slot_of(b"foo{bar"), crc16(b"foo{bar") % CLUSTER_SLOTS);
+    }
+
+    #[tokio::test]
+    async fn a_cluster_config_starts_a_cluster_store_in_the_background() {
         let config = RedisConfig {
             url: None,
-            cluster_nodes: vec!["redis://a:1".into()],
+            // Nothing listens there; the store starts anyway (SPEC §9).
+            cluster_nodes: vec!["redis://127.0.0.1:1".into(), "redis://127.0.0.1:2".into()],
             ..RedisConfig::default()
         };
-        let err = RedisStore::new(&config).expect_err("cluster");
-        assert!(matches!(err, StoreError::Unavailable(ref m) if m.contains("cluster")), "{err}");
+        let store = RedisStore::new(&config).expect("a cluster store");
+        assert!(store.is_cluster() && !store.is_up());
+        assert!(format!("{store:?}").contains("cluster [redis://127.0.0.1:1"), "{store:?}");
+        let err = store.get(&KeyHash::of("k")).await.expect_err("not connected");
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    }
+
+    #[test]
+    fn cluster_nodes_redis_rs_cannot_use_are_refused_without_the_password() {
+        for (nodes, why) in [
+            (vec!["redis://:hunter2@10.0.0.1:6379/3"], "only database 0"),
+            (vec!["redis+unix:///run/redis.sock"], "unix socket"),
+            (vec!["redis://:hunter2@10.0.0.1:6379", "redis://:other@10.0.0.2:6379"], "password"),
+        ] {
+            let config = RedisConfig {
+                url: None,
+                cluster_nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
+                ..RedisConfig::default()
+            };
+            let err = RedisStore::new(&config).expect_err("refused").to_string();
+            assert!(err.contains(why), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn rediss_urls_are_accepted_and_insecure_ones_refused() {
+        let tls = |url: &str| RedisConfig { url: Some(url.into()), ..RedisConfig::default() };
+        let store = RedisStore::new(&tls("rediss://:hunter2@127.0.0.1:1/0")).expect("TLS is built");
+        assert!(!store.is_up());
+        let nodes = |url: &str| RedisConfig {
+            url: None,
+            cluster_nodes: vec![url.into()],
+            ..RedisConfig::default()
+        };
+        RedisStore::new(&nodes("rediss://127.0.0.1:1")).expect("TLS cluster nodes too");
+        for config in [
+            tls("rediss://:hunter2@127.0.0.1:1/0#insecure"),
+            nodes("rediss://:hunter2@127.0.0.1:1/#insecure"),
+        ] {
+            let err = RedisStore::new(&config).expect_err("#insecure").to_string();
+            assert!(err.contains("#insecure turns off TLS certificate checks"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! Real parts, never mocks (STYLE habit 9):
 //! - [`redis::RedisServer`]: our own `redis-server` on a free loopback port in a
 //!   temp dir, never the shared 6379;
+//! - [`cluster::RedisCluster`]: a real Redis Cluster of such servers, formed
+//!   by `redis-cli --cluster create`, for failovers and node restarts;
 //! - [`upstream::EchoUpstream`]: a real HTTP server that records what it receives
 //!   (plain, or over TLS for `https://` upstreams);
 //! - [`tls`]: test certificates (rcgen) and a TLS client (tokio-rustls, ALPN);
@@ -17,6 +19,7 @@
 // a clippy.toml ban on `Instant::now` outside src/clock.rs is not meant for it.
 #![allow(clippy::disallowed_methods)]
 
+pub mod cluster;
 pub mod http;
 pub mod keyward;
 pub mod metrics;
