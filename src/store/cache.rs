@@ -85,7 +85,9 @@ pub struct KeyCache {
     negative_ttl: Duration,
     /// `ttl + stale_ttl`: how long a positive entry is kept at all.
     found_kept: Duration,
-    /// Entries held, in all shards; never above `max_entries`. One bound for
+    /// Places taken, in all shards: the entries held, plus, for a moment,
+    /// one per insert that is making room. Entries never exceed
+    /// `max_entries`: an insert over it evicts before it adds. One bound for
     /// the whole cache rather than a fixed share per shard: keys never
     /// spread exactly evenly, and with `max_entries` equal to the number of
     /// busy keys a per-shard share made the fuller shards evict keys the
@@ -357,9 +359,12 @@ impl KeyCache {
         days
     }
 
-    /// Entries held, including expired ones not yet dropped.
+    /// Entries held, including expired ones not yet dropped: the sum of the
+    /// shards, each counted under its lock (exact when nothing changes
+    /// meanwhile; `held` also counts, for a moment, the places inserts
+    /// have taken before making room).
     pub fn len(&self) -> usize {
-        self.held.load(Ordering::Acquire)
+        self.shards.iter().map(|s| lock(s).map.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -797,7 +802,8 @@ mod tests {
                             }
                         }
                         if i % 1_000 == 0 {
-                            assert!(c.len() <= 256);
+                            // At most one place in flight per thread.
+                            assert!(c.held.load(Ordering::Acquire) <= 256 + 8);
                         }
                     }
                 })
