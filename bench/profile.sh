@@ -46,7 +46,8 @@ KEYWARD_LOG_LEVEL=warn timeout 900 valgrind --tool=callgrind --instr-atstart=no 
 PIDS+=($!)
 for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$P_KW") 2>/dev/null && break; sleep 0.2; done
 wait_port "$P_KW" || { cat "$TMP/keyward.out" >&2; exit 1; }
-VG_PID=$(pgrep -f "callgrind-out-file=$OUT" | head -1)
+# The newest match: valgrind itself, not the `timeout` around it.
+VG_PID=$(pgrep -n -f "callgrind-out-file=$OUT")
 
 # Warm: every key once (cache fill), then a little steady state.
 KW_KEYS_FILE=$TMP/keys.txt timeout 120 wrk -t1 -c4 -d15s --timeout 5s -s "$HERE/keys.lua" \

@@ -6,10 +6,13 @@
 //! that alone was 60 MB of the resident set. The request path reads only the
 //! id, owner, scopes, env, plan, display prefix and the expiry/revocation
 //! times, so the cache keeps just those: the strings packed one after the
-//! other in one shared buffer (about 220 bytes a key in all, measured with
-//! `bench/cache_rss.sh`). The buffer is a [`Bytes`], so the identity
-//! headers (SPEC §6) are slices of it: injecting them copies and allocates
-//! nothing.
+//! other in one `Box<str>` (about 190 bytes a key in all with the cache
+//! entry, measured with `bench/cache_rss.sh`). The identity headers (SPEC
+//! §6) are copied out of it per request: five small copies, ~0.4 % of a
+//! request's instructions. (Until issue 7's last memory pass it was a
+//! shared `Bytes` the headers were zero-copy slices of; its reference
+//! count was a second allocation and its handle 16 bytes more, together
+//! 4.8 MB with 100,000 keys cached.)
 //!
 //! A cached key also carries what the request path records about its use
 //! until the next flush (`pending`): the requests per UTC day (SPEC §8
@@ -26,7 +29,6 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
 use http::HeaderValue;
 
 use super::{KeyRecord, KeyState};
@@ -48,8 +50,8 @@ const FIELDS: usize = 6;
 /// One key's request-path attributes (see the module docs). Immutable but
 /// for `last_noted`.
 pub struct CachedKey {
-    /// Every field's text, back to back (valid UTF-8: built from `&str`s).
-    text: Bytes,
+    /// Every field's text, back to back.
+    text: Box<str>,
     /// Where each field ends in `text`; a field starts where the previous
     /// one ends.
     ends: [u32; FIELDS],
@@ -124,7 +126,7 @@ impl CachedKey {
         let scopes_len = record.scopes.iter().map(|s| s.len() + 1).sum::<usize>();
         let env = record.env.as_deref().unwrap_or("");
         let plan = record.plan.as_deref().unwrap_or("");
-        let mut text = Vec::with_capacity(
+        let mut text = String::with_capacity(
             record.id.len()
                 + record.owner.len()
                 + scopes_len
@@ -133,30 +135,30 @@ impl CachedKey {
                 + record.display_prefix.len(),
         );
         let mut ends = [0u32; FIELDS];
-        let mut end = |text: &mut Vec<u8>, field: Field| {
+        let mut end = |text: &mut String, field: Field| {
             // A record over 4 GiB cannot come from a store (Redis caps a
             // value at 512 MB), so the length always fits.
             ends[field as usize] = u32::try_from(text.len()).unwrap_or(u32::MAX);
         };
-        text.extend_from_slice(record.id.as_bytes());
+        text.push_str(&record.id);
         end(&mut text, Field::Id);
-        text.extend_from_slice(record.owner.as_bytes());
+        text.push_str(&record.owner);
         end(&mut text, Field::Owner);
         for (i, scope) in record.scopes.iter().enumerate() {
             if i > 0 {
-                text.push(b' ');
+                text.push(' ');
             }
-            text.extend_from_slice(scope.as_bytes());
+            text.push_str(scope);
         }
         end(&mut text, Field::Scopes);
-        text.extend_from_slice(env.as_bytes());
+        text.push_str(env);
         end(&mut text, Field::Env);
-        text.extend_from_slice(plan.as_bytes());
+        text.push_str(plan);
         end(&mut text, Field::Plan);
-        text.extend_from_slice(record.display_prefix.as_bytes());
+        text.push_str(&record.display_prefix);
         end(&mut text, Field::DisplayPrefix);
         CachedKey {
-            text: Bytes::from(text),
+            text: text.into_boxed_str(),
             ends,
             has_env: record.env.is_some(),
             has_plan: record.plan.is_some(),
@@ -291,15 +293,15 @@ impl CachedKey {
     }
 
     fn str(&self, field: Field) -> &str {
-        // Always valid: `text` is the concatenation of whole `&str`s, and
-        // every range starts and ends between two of them.
-        std::str::from_utf8(&self.text[self.range(field)]).unwrap_or("")
+        // Every range starts and ends between two whole fields, so on a
+        // char boundary; `get` keeps a broken invariant from panicking.
+        self.text.get(self.range(field)).unwrap_or("")
     }
 
-    /// The field as a header value sharing the buffer (no copy), or `None`
-    /// when it holds bytes a header may not carry (a control character).
+    /// The field as a header value (a copy), or `None` when it holds bytes
+    /// a header may not carry (a control character).
     fn header(&self, field: Field) -> Option<HeaderValue> {
-        HeaderValue::from_maybe_shared(self.text.slice(self.range(field))).ok()
+        HeaderValue::from_bytes(self.str(field).as_bytes()).ok()
     }
 
     pub fn id(&self) -> &str {
@@ -409,9 +411,9 @@ mod tests {
 
     #[test]
     fn the_cached_copy_stays_small() {
-        // With the Arc's two counts, 112 bytes: glibc's 128-byte chunk
-        // (an `Option` per time made it 144). 100,000 keys, 1.6 MB.
-        assert!(std::mem::size_of::<CachedKey>() <= 96);
+        // With the Arc's two counts, 96 bytes: one of jemalloc's size
+        // classes (an `Option` per time and a `Bytes` made it 128).
+        assert!(std::mem::size_of::<CachedKey>() <= 80);
     }
 
     #[test]
