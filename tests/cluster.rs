@@ -34,6 +34,7 @@ use support::cluster::RedisCluster;
 use support::http::{self as h, Response};
 use support::keyward::Keyward;
 use support::upstream::EchoUpstream;
+use support::wait_until_async;
 use tokio::sync::{mpsc, watch};
 
 const PREFIX: &str = "kwtest:";
@@ -151,7 +152,7 @@ async fn every_store_operation_works_with_keys_spread_over_every_master() {
     );
     // Subscribed once the node counts one subscriber on the channel.
     let channel = format!("{PREFIX}events");
-    let subscribed = wait_async(Duration::from_secs(5), || {
+    let subscribed = wait_until_async(Duration::from_secs(5), || {
         cluster.nodes.iter().filter(|n| n.port != target_master).any(|n| {
             n.cmd(&["PUBSUB", "NUMSUB", &channel])
                 .ok()
@@ -244,22 +245,6 @@ async fn every_store_operation_works_with_keys_spread_over_every_master() {
     assert!(has(format!("{PREFIX}rl:{{owner:acme}}:team:86400:")), "{counters:?}");
     assert!(has(format!("{PREFIX}rl:{{203.0.113.9}}:team:3600:")), "{counters:?}");
     assert_eq!(counters.len(), 5, "{counters:?}");
-}
-
-/// Polls `cond` every 10 ms until it holds or `timeout` passes, yielding to
-/// the runtime meanwhile (tasks of this test, such as a subscriber, run on
-/// it); returns whether it held.
-async fn wait_async(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Waits while the cluster's clock is in the last 20 s of an hour, so a

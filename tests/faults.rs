@@ -23,6 +23,7 @@ use support::http as h;
 use support::keyward::Keyward;
 use support::redis::{RedisServer, RespConn};
 use support::upstream::EchoUpstream;
+use support::wait_until_async;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
@@ -311,21 +312,6 @@ async fn upstream_killed_and_restarted_under_load_is_502_then_200() {
     assert!(seen_before > 0 && after > 0, "before {seen_before}, after {after}");
 }
 
-/// Polls `cond` every 20 ms without blocking the runtime, for up to
-/// `timeout`; whether it held.
-async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// `keys create` on keyward's own config: (id, key, sha256 hex).
 fn create_key(s: &Setup, name: &str) -> (String, String, String) {
     let config = s.kw.config_path().to_str().expect("utf-8 path").to_owned();
@@ -390,7 +376,7 @@ async fn pubsub_connection_killed_alone_under_load_still_revokes_within_1s() {
     }
     s.up.clear();
     assert!(
-        eventually(Duration::from_secs(5), || subscriber_ids(&s.redis).len() == 1).await,
+        wait_until_async(Duration::from_secs(5), || subscriber_ids(&s.redis).len() == 1).await,
         "keyward's subscriber is not on Redis: {:?}",
         subscriber_ids(&s.redis)
     );
@@ -407,7 +393,7 @@ async fn pubsub_connection_killed_alone_under_load_still_revokes_within_1s() {
     revoked_at.push(Instant::now());
     assert_eq!(heard, 0, "the event must fall into the gap (nobody subscribed)");
     assert!(
-        eventually(Duration::from_secs(5), || subscriber_ids(&s.redis).len() == 1).await,
+        wait_until_async(Duration::from_secs(5), || subscriber_ids(&s.redis).len() == 1).await,
         "keyward did not resubscribe"
     );
     tokio::time::sleep(Duration::from_millis(1_200)).await;
@@ -570,8 +556,10 @@ async fn config_reloads_under_load_switch_every_request_at_once_and_an_invalid_o
     kw.write_config(&reload_config(&up, "admin:all", NEW_MAX));
     assert!(kw.signal("HUP"));
     assert!(
-        eventually(Duration::from_secs(5), || { !kw.log_events("config reloaded").is_empty() })
-            .await,
+        wait_until_async(Duration::from_secs(5), || {
+            !kw.log_events("config reloaded").is_empty()
+        })
+        .await,
         "the new config was not loaded"
     );
     let reloaded = Instant::now();
@@ -580,7 +568,7 @@ async fn config_reloads_under_load_switch_every_request_at_once_and_an_invalid_o
     kw.write_config(&format!("{}unknown_field: 1\n", reload_config(&up, "jobs:read", OLD_MAX)));
     assert!(kw.signal("HUP"));
     assert!(
-        eventually(Duration::from_secs(5), || {
+        wait_until_async(Duration::from_secs(5), || {
             !kw.log_events("config reload refused; keeping the running config").is_empty()
         })
         .await,

@@ -14,13 +14,12 @@
 //! like a cluster client would. Every wait is bounded; every process is
 //! killed on drop, also when a test panics.
 
-use std::fs::OpenOptions;
 use std::io::ErrorKind;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::redis::{RespConn, RespValue};
+use super::redis::{spawn_redis_server, RespConn, RespValue};
 use super::{free_port, loopback, ReservedPort};
 
 /// How long a node gets to answer PING after spawning.
@@ -399,75 +398,20 @@ fn tail(text: &str, lines: usize) -> String {
 /// Spawns a cluster-mode `redis-server` and waits until it answers as our
 /// child (see `redis::spawn`).
 fn spawn(port: u16, bus_port: u16, dir: &Path) -> Result<Child, String> {
-    let log_path = dir.join("redis.log");
-    let log = OpenOptions::new().create(true).append(true).open(&log_path).expect("open redis.log");
-    let log_err = log.try_clone().expect("clone redis.log handle");
-    let (port_s, bus_s, timeout_s) =
-        (port.to_string(), bus_port.to_string(), NODE_TIMEOUT_MS.to_string());
-    let dir_s = dir.to_str().expect("temp dir path is UTF-8");
-    let spawned = Command::new(redis_server_bin())
-        .args([
-            "--port",
-            &port_s,
-            "--cluster-port",
-            &bus_s,
-            "--bind",
-            "127.0.0.1",
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-            "--cluster-node-timeout",
-            &timeout_s,
-            "--cluster-replica-validity-factor",
-            "0",
-            "--repl-diskless-sync-delay",
-            "0",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            dir_s,
-            "--daemonize",
-            "no",
-            "--protected-mode",
-            "yes",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log_err))
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            panic!("redis-server not found: run scripts/test, which installs it")
-        }
-        Err(e) => panic!("could not run redis-server: {e}"),
-    };
-    let deadline = Instant::now() + NODE_START_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            return Err(format!("redis-server on port {port} exited ({status}); log:\n{log}"));
-        }
-        if let Ok(RespValue::Bulk(info)) =
-            RespConn::connect(loopback(port)).and_then(|mut c| c.cmd(&["INFO", "server"]))
-        {
-            let info = String::from_utf8_lossy(&info).into_owned();
-            let pid_line = format!("process_id:{}", child.id());
-            if info.lines().any(|l| l.trim() == pid_line) {
-                return Ok(child);
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("port {port} is served by another redis-server"));
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("redis-server on port {port} did not answer in time"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (bus_s, timeout_s) = (bus_port.to_string(), NODE_TIMEOUT_MS.to_string());
+    let cluster_args = [
+        "--cluster-port",
+        &bus_s,
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        &timeout_s,
+        "--cluster-replica-validity-factor",
+        "0",
+        "--repl-diskless-sync-delay",
+        "0",
+    ];
+    spawn_redis_server(port, dir, &cluster_args, NODE_START_TIMEOUT)
 }

@@ -142,6 +142,22 @@ pub fn redis_config_yaml(upstream_url: &str, redis_url: &str) -> String {
     )
 }
 
+/// [`wait_until`] for async tests: polls `cond` every 10 ms without
+/// blocking the runtime (tasks of the test, such as a subscriber, run
+/// meanwhile), for up to `timeout`; whether it held.
+pub async fn wait_until_async(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns
 /// whether it held. The loop is bounded by the deadline.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {

@@ -215,28 +215,29 @@ impl Drop for RedisServer {
 /// reports our child's pid (so a PONG from a stranger on that port never
 /// counts). On failure the child is killed and its log returned.
 fn spawn(port: u16, dir: &Path) -> Result<Child, String> {
+    spawn_redis_server(port, dir, &[], START_TIMEOUT)
+}
+
+/// Starts `redis-server` on 127.0.0.1:`port` with `dir` as its working
+/// directory and log (`redis.log`), nothing persisted, plus `extra`
+/// arguments (a cluster node's, say), and waits up to `start_timeout` for
+/// it to answer as *this* process (not another server already on the port).
+pub fn spawn_redis_server(
+    port: u16,
+    dir: &Path,
+    extra: &[&str],
+    start_timeout: Duration,
+) -> Result<Child, String> {
     let log_path = dir.join("redis.log");
     let log = OpenOptions::new().create(true).append(true).open(&log_path).expect("open redis.log");
     let log_err = log.try_clone().expect("clone redis.log handle");
     let port_s = port.to_string();
     let dir_s = dir.to_str().expect("temp dir path is UTF-8");
     let spawned = Command::new(redis_server_bin())
-        .args([
-            "--port",
-            &port_s,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            dir_s,
-            "--daemonize",
-            "no",
-            "--protected-mode",
-            "yes",
-        ])
+        .args(["--port", &port_s, "--bind", "127.0.0.1"])
+        .args(extra)
+        .args(["--save", "", "--appendonly", "no", "--dir", dir_s])
+        .args(["--daemonize", "no", "--protected-mode", "yes"])
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log_err))
@@ -249,7 +250,7 @@ fn spawn(port: u16, dir: &Path) -> Result<Child, String> {
         Err(e) => panic!("could not run redis-server: {e}"),
     };
     let addr = loopback(port);
-    let deadline = Instant::now() + START_TIMEOUT;
+    let deadline = Instant::now() + start_timeout;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!(
@@ -273,7 +274,7 @@ fn spawn(port: u16, dir: &Path) -> Result<Child, String> {
             let _ = child.kill();
             let _ = child.wait();
             return Err(format!(
-                "redis-server on port {port} did not answer within {START_TIMEOUT:?}; log:\n{}",
+                "redis-server on port {port} did not answer within {start_timeout:?}; log:\n{}",
                 read_log(dir)
             ));
         }
