@@ -216,12 +216,17 @@ fn deserialize_error(
         field.truncate(field.len().saturating_sub(2));
     }
     let inner = error.into_inner();
-    let (line, column) = inner.location().map_or((0, 0), |at| (at.line(), at.column()));
+    let (mut line, mut column) = inner.location().map_or((0, 0), |at| (at.line(), at.column()));
     let mut message =
         redact_urls_in(&clean_serde_message(&inner.to_string(), &field, line, column));
     if message.contains("more than one document") {
         message =
             "a config file holds one YAML document; remove the extra `---` separators".to_owned();
+        // serde gives no position for this one; the index knows where the
+        // second document begins.
+        if let Some(at) = locations.second_document() {
+            (line, column) = (at.line, at.column);
+        }
     }
 
     // serde reports a repeated struct field at the document start; the index
@@ -540,8 +545,32 @@ store:
         );
         assert_eq!(
             errors("listen: a\n---\nmode: observe\n"),
-            ["keyward.yaml: a config file holds one YAML document; remove the extra `---` separators"]
+            ["keyward.yaml:2:1: a config file holds one YAML document; remove the extra `---` separators"]
         );
+        // A document ended with `...` and followed by another.
+        assert_eq!(
+            errors("---\nlisten: a\n...\n\nmode: observe\n"),
+            ["keyward.yaml:5:1: a config file holds one YAML document; remove the extra `---` separators"]
+        );
+    }
+
+    #[test]
+    fn yaml_nested_too_deep_is_an_error_not_a_stack_overflow() {
+        // Found while writing the config fuzz target: the field index
+        // (yaml-rust2's `load`) recursed once per level and aborted the
+        // process; serde_yaml stops at 128 levels.
+        let text = format!("routes:\n{}x\n", "- ".repeat(300_000));
+        let errors = std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(move || match load(&text) {
+                Ok(_) => panic!("a 300 000-level document was accepted"),
+                Err(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+            .unwrap()
+            .join()
+            .expect("loading a deep document overflowed a 512 KiB stack");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("keyward.yaml:2:"), "{errors:?}");
     }
 
     #[test]
