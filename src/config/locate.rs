@@ -61,24 +61,24 @@ impl Locations {
         // Events one at a time, not `parser.load` (see the module doc). A
         // scan error ends the walk; what was indexed so far stays useful.
         let mut first_ended = false;
-        while let Ok((event, mark)) = parser.next_token() {
-            match event {
-                Event::StreamEnd => break,
-                // The event after the first document's end starts a second,
-                // on the line of its `---` or (after `...`) of its first
-                // node; its column is where that line's text starts (an
-                // implicit start is marked past its first token).
-                _ if first_ended => {
-                    let line = location(mark).line;
-                    let indent = text
-                        .lines()
-                        .nth(line.saturating_sub(1))
-                        .map_or(0, |l| l.len() - l.trim_start_matches([' ', '\t']).len());
-                    builder.locations.second_document = Some(Location { line, column: indent + 1 });
-                    break;
-                }
-                Event::DocumentEnd => first_ended = true,
-                event => builder.on_event(event, mark),
+        loop {
+            let next = parser.next_token();
+            if first_ended {
+                // Whatever follows the first document's end is a second one:
+                // an event (after `---` or `...`) or text that cannot start
+                // a document (a key indented less than the document's own).
+                let mark = match &next {
+                    Ok((Event::StreamEnd, _)) => break,
+                    Ok((_, mark)) => *mark,
+                    Err(error) => *error.marker(),
+                };
+                builder.locations.second_document = Some(line_start(text, location(mark).line));
+                break;
+            }
+            match next {
+                Ok((Event::StreamEnd, _)) | Err(_) => break,
+                Ok((Event::DocumentEnd, _)) => first_ended = true,
+                Ok((event, mark)) => builder.on_event(event, mark),
             }
         }
         builder.locations
@@ -107,8 +107,9 @@ impl Locations {
         &self.duplicates
     }
 
-    /// Where a second YAML document begins (its `---`, or its first node
-    /// after a `...`), if the text holds more than one.
+    /// Where a second YAML document begins (its `---`, its first node after
+    /// a `...`, or text that cannot continue the first), if the text holds
+    /// more than one.
     pub fn second_document(&self) -> Option<Location> {
         self.second_document
     }
@@ -145,6 +146,16 @@ fn join(parent: &str, key: &str) -> String {
     } else {
         format!("{parent}.{key}")
     }
+}
+
+/// Where the text of 1-based `line` starts: yaml-rust2 marks an implicit
+/// document start, or a scan error, past the token it was reading.
+fn line_start(text: &str, line: usize) -> Location {
+    let indent = text
+        .lines()
+        .nth(line.saturating_sub(1))
+        .map_or(0, |l| l.len() - l.trim_start_matches([' ', '\t']).len());
+    Location { line, column: indent + 1 }
 }
 
 /// yaml-rust2 markers have 1-based lines and 0-based columns.
@@ -394,6 +405,9 @@ plans:
         assert_eq!(Locations::index("---\na: 1\n...\nb: 2\n").second_document(), at(4, 1));
         assert_eq!(Locations::index("---\na: 1\n...\n").second_document(), None);
         assert_eq!(Locations::index("a: 1\n").second_document(), None);
+        // A mapping indented by two, then a key at column 1: libyaml (serde)
+        // calls it a second document, yaml-rust2 a syntax error.
+        assert_eq!(Locations::index("  a: 1\nb: 2\n").second_document(), at(2, 1));
     }
 
     #[test]

@@ -220,13 +220,17 @@ fn deserialize_error(
     let mut message =
         redact_urls_in(&clean_serde_message(&inner.to_string(), &field, line, column));
     if message.contains("more than one document") {
-        message =
-            "a config file holds one YAML document; remove the extra `---` separators".to_owned();
         // serde gives no position for this one; the index knows where the
         // second document begins.
-        if let Some(at) = locations.second_document() {
-            (line, column) = (at.line, at.column);
+        message = match locations.second_document() {
+            Some(at) => {
+                (line, column) = (at.line, at.column);
+                "a config file holds one YAML document, and a second one starts here \
+                 (remove the `---`, or indent the top-level keys alike)"
+            }
+            None => "a config file holds one YAML document; remove the extra `---` separators",
         }
+        .to_owned();
     }
 
     // serde reports a repeated struct field at the document start; the index
@@ -543,14 +547,21 @@ store:
             ["keyward.yaml:2:1: found character that cannot start any token, \
               while scanning for the next token"]
         );
+        let second = "a config file holds one YAML document, and a second one starts here \
+                      (remove the `---`, or indent the top-level keys alike)";
         assert_eq!(
             errors("listen: a\n---\nmode: observe\n"),
-            ["keyward.yaml:2:1: a config file holds one YAML document; remove the extra `---` separators"]
+            [format!("keyward.yaml:2:1: {second}")]
         );
         // A document ended with `...` and followed by another.
         assert_eq!(
             errors("---\nlisten: a\n...\n\nmode: observe\n"),
-            ["keyward.yaml:5:1: a config file holds one YAML document; remove the extra `---` separators"]
+            [format!("keyward.yaml:5:1: {second}")]
+        );
+        // Found by fuzzing: keys indented unlike the first one.
+        assert_eq!(
+            errors("# a comment\n  admin: {}\nupstream: {}\n"),
+            [format!("keyward.yaml:3:1: {second}")]
         );
     }
 
