@@ -189,9 +189,13 @@ pub(crate) fn redact_urls_in(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(found) = rest.find("://") {
+        // The scheme starts after the last character that cannot be in one,
+        // which may be several bytes long (`café://`).
         let scheme_start = rest[..found]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         out.push_str(&rest[..scheme_start]);
         let url_end = rest[found + 3..]
             .find(|c: char| c.is_whitespace() || matches!(c, '"' | '`' | '\'' | ','))
@@ -757,6 +761,20 @@ store:
         assert_eq!(
             redact_urls_in("a https://u:p@h/x and `redis://q@r`."),
             "a https://u:***@h/x and `redis://***@r`."
+        );
+    }
+
+    #[test]
+    fn urls_after_non_ascii_text_are_redacted_without_a_panic() {
+        // Found by fuzzing: `jwt: "café://x"` made check-config (and a
+        // reload) panic on a byte index inside `é`.
+        assert_eq!(redact_urls_in("caf\u{e9}://u:p@h x"), "caf\u{e9}://u:***@h x");
+        assert_eq!(redact_urls_in("\u{1f511}redis://p@h"), "\u{1f511}redis://***@h");
+        assert_eq!(redact_urls_in("\u{e9}://"), "\u{e9}://");
+        assert_eq!(
+            errors("jwt: \"caf\u{e9}://x\"\n"),
+            ["keyward.yaml:1:6: jwt: invalid type: string \"caf\u{e9}://x\", expected a mapping \
+              (hs256_secret_env or jwks_file, issuer, audience, ...)"]
         );
     }
 
