@@ -108,7 +108,7 @@ impl Config {
         let deserializer = serde_yaml::Deserializer::from_str(text);
         match serde_path_to_error::deserialize::<_, raw::RawConfig>(deserializer) {
             Ok(raw) => validate::validate(raw, source, overrides, locations),
-            Err(error) => Err(deserialize_error(error, source, &locations)),
+            Err(error) => Err(deserialize_error(error, text, source, &locations)),
         }
     }
 
@@ -210,6 +210,7 @@ pub(crate) fn redact_urls_in(text: &str) -> String {
 /// Turns serde's first error into a located error naming the field.
 fn deserialize_error(
     error: serde_path_to_error::Error<serde_yaml::Error>,
+    text: &str,
     source: &Path,
     locations: &Locations,
 ) -> ConfigErrors {
@@ -224,9 +225,11 @@ fn deserialize_error(
     let mut message =
         redact_urls_in(&clean_serde_message(&inner.to_string(), &field, line, column));
     if message.contains("more than one document") {
-        // serde gives no position for this one; the index knows where the
-        // second document begins.
-        message = match locations.second_document() {
+        // serde gives no position for this one. The index knows where a
+        // second document begins; where yaml-rust2 gave up earlier than
+        // libyaml (they disagree on some tags and indentation), libyaml's own
+        // error in the second document says where it is.
+        message = match locations.second_document().or_else(|| second_document_error(text)) {
             Some(at) => {
                 (line, column) = (at.line, at.column);
                 "a config file holds one YAML document, and a second one starts here \
@@ -267,6 +270,16 @@ fn deserialize_error(
     }
 
     ConfigErrors(vec![ConfigError { file: source.to_path_buf(), line, column, field, message }])
+}
+
+/// Where libyaml (serde_yaml's parser) fails in the text's second document.
+fn second_document_error(text: &str) -> Option<Location> {
+    let mut documents = serde_yaml::Deserializer::from_str(text);
+    documents.next()?;
+    let second = documents.next()?;
+    let at =
+        <serde::de::IgnoredAny as serde::Deserialize>::deserialize(second).err()?.location()?;
+    Some(Location { line: at.line(), column: at.column() })
 }
 
 /// serde_yaml's message embeds its own path prefix and the position
@@ -562,11 +575,13 @@ store:
             errors("---\nlisten: a\n...\n\nmode: observe\n"),
             [format!("keyward.yaml:5:1: {second}")]
         );
-        // Found by fuzzing: keys indented unlike the first one.
+        // Found by fuzzing: keys indented unlike the first one, and a tag
+        // yaml-rust2 refuses where libyaml reads on.
         assert_eq!(
             errors("# a comment\n  admin: {}\nupstream: {}\n"),
             [format!("keyward.yaml:3:1: {second}")]
         );
+        assert_eq!(errors("!a*!b:c\n!d: !\n"), [format!("keyward.yaml:2:1: {second}")]);
     }
 
     #[test]
