@@ -149,13 +149,51 @@ fn join(parent: &str, key: &str) -> String {
 }
 
 /// Where the text of 1-based `line` starts: yaml-rust2 marks an implicit
-/// document start, or a scan error, past the token it was reading.
+/// document start, or a scan error, past the token it was reading. Lines
+/// end as YAML ends them: `\n`, `\r\n` or a lone `\r`.
 fn line_start(text: &str, line: usize) -> Location {
-    let indent = text
-        .lines()
-        .nth(line.saturating_sub(1))
-        .map_or(0, |l| l.len() - l.trim_start_matches([' ', '\t']).len());
+    let indent = yaml_lines(text).nth(line.saturating_sub(1)).map_or(0, indentation);
     Location { line, column: indent + 1 }
+}
+
+fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split('\n').flat_map(|l| l.strip_suffix('\r').unwrap_or(l).split('\r'))
+}
+
+fn indentation(line: &str) -> usize {
+    line.len() - line.trim_start_matches([' ', '\t']).len()
+}
+
+/// Where a second document starts by the text's document markers: a `---`
+/// after the first document's content, or the first content after a `...`.
+/// YAML reserves both at the start of a line, even inside a quoted scalar,
+/// so this holds where the two YAML parsers disagree about the content.
+pub(crate) fn second_document_marker(text: &str) -> Option<Location> {
+    let marker = |line: &str, m: &str| {
+        line.strip_prefix(m).is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+    };
+    let is_content = |rest: &str| {
+        let rest = rest.trim_start_matches([' ', '\t']);
+        !rest.is_empty() && !rest.starts_with('#')
+    };
+    let (mut content, mut ended) = (false, false);
+    for (i, line) in yaml_lines(text).enumerate() {
+        let at = Location { line: i + 1, column: indentation(line) + 1 };
+        if marker(line, "---") {
+            if content || ended {
+                return Some(at);
+            }
+            content = is_content(&line[3..]);
+        } else if marker(line, "...") {
+            ended = true;
+        } else if is_content(line) && !(line.starts_with('%') && !content) {
+            if ended {
+                return Some(at);
+            }
+            content = true;
+        }
+    }
+    None
 }
 
 /// yaml-rust2 markers have 1-based lines and 0-based columns.
@@ -408,6 +446,23 @@ plans:
         // A mapping indented by two, then a key at column 1: libyaml (serde)
         // calls it a second document, yaml-rust2 a syntax error.
         assert_eq!(Locations::index("  a: 1\nb: 2\n").second_document(), at(2, 1));
+        // Lines end at a lone `\r` too.
+        assert_eq!(Locations::index("a: 1\r---\r  b: 2\r").second_document(), at(2, 1));
+        assert_eq!(Locations::index("a: 1\r\n...\r\n  b: 2\r\n").second_document(), at(3, 3));
+    }
+
+    #[test]
+    fn document_markers_show_where_a_second_document_starts() {
+        let marker = second_document_marker;
+        assert_eq!(marker("a: 1\n---\nb: 2\n"), at(2, 1));
+        assert_eq!(marker("# c\n---\na: 1\n--- # two\nb: 2\n"), at(4, 1));
+        assert_eq!(marker("--- {a: 1}\n---\n"), at(2, 1));
+        assert_eq!(marker("%YAML 1.2\n---\na: 1\n...\n# c\n  b: 2\n"), at(6, 3));
+        assert_eq!(marker("a: \"x\n--- y\"\n"), at(2, 1));
+        assert_eq!(marker("a: 1\r---\r"), at(2, 1));
+        // Not markers: inside a line, or followed by more than a space.
+        assert_eq!(marker("---\na: ---\nb: |\n  ---\n----\n...x\n"), None);
+        assert_eq!(marker("a: 1\n...\n# only a comment\n"), None);
     }
 
     #[test]

@@ -226,10 +226,15 @@ fn deserialize_error(
         redact_urls_in(&clean_serde_message(&inner.to_string(), &field, line, column));
     if message.contains("more than one document") {
         // serde gives no position for this one. The index knows where a
-        // second document begins; where yaml-rust2 gave up earlier than
-        // libyaml (they disagree on some tags and indentation), libyaml's own
-        // error in the second document says where it is.
-        message = match locations.second_document().or_else(|| second_document_error(text)) {
+        // second document begins, unless yaml-rust2 gave up earlier than
+        // libyaml (they disagree on some tags, quoting and indentation);
+        // then the text's document markers, or libyaml's own error in the
+        // second document, say where it is.
+        let at = locations
+            .second_document()
+            .or_else(|| locate::second_document_marker(text))
+            .or_else(|| second_document_error(text));
+        message = match at {
             Some(at) => {
                 (line, column) = (at.line, at.column);
                 "a config file holds one YAML document, and a second one starts here \
@@ -582,6 +587,11 @@ store:
             [format!("keyward.yaml:3:1: {second}")]
         );
         assert_eq!(errors("!a*!b:c\n!d: !\n"), [format!("keyward.yaml:2:1: {second}")]);
+        // A quoted scalar yaml-rust2 refuses, then a `---`.
+        assert_eq!(
+            errors("listen: \"127.0.0.? [a, b]\n: !1:1\"\n---\nmode: x\n"),
+            [format!("keyward.yaml:3:1: {second}")]
+        );
     }
 
     #[test]
