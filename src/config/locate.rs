@@ -40,6 +40,8 @@ pub struct Locations {
     duplicates: Vec<(String, Location)>,
     /// Where a second YAML document starts, if the text has one.
     second_document: Option<Location>,
+    /// Where and why yaml-rust2 could not read the first document.
+    syntax_error: Option<(Location, String)>,
 }
 
 /// Nesting deeper than this is not indexed. serde_yaml refuses documents
@@ -76,7 +78,12 @@ impl Locations {
                 break;
             }
             match next {
-                Ok((Event::StreamEnd, _)) | Err(_) => break,
+                Ok((Event::StreamEnd, _)) => break,
+                Err(error) => {
+                    let at = location(*error.marker());
+                    builder.locations.syntax_error = Some((at, error.info().to_owned()));
+                    break;
+                }
                 Ok((Event::DocumentEnd, _)) => first_ended = true,
                 Ok((event, mark)) => builder.on_event(event, mark),
             }
@@ -112,6 +119,12 @@ impl Locations {
     /// more than one.
     pub fn second_document(&self) -> Option<Location> {
         self.second_document
+    }
+
+    /// Where and why yaml-rust2 could not read the first document (serde's
+    /// libyaml reports syntax errors itself; this is for where they differ).
+    pub fn syntax_error(&self) -> Option<(Location, &str)> {
+        self.syntax_error.as_ref().map(|(at, why)| (*at, why.as_str()))
     }
 
     /// Number of indexed paths.

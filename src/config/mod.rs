@@ -228,21 +228,27 @@ fn deserialize_error(
         // serde gives no position for this one. The index knows where a
         // second document begins, unless yaml-rust2 gave up earlier than
         // libyaml (they disagree on some tags, quoting and indentation);
-        // then the text's document markers, or libyaml's own error in the
-        // second document, say where it is.
-        let at = locations
-            .second_document()
-            .or_else(|| locate::second_document_marker(text))
-            .or_else(|| second_document_error(text));
-        message = match at {
-            Some(at) => {
+        // then the text's document markers say where it is, or failing
+        // those, the place yaml-rust2 gave up is what to look at.
+        let second = locations.second_document().or_else(|| locate::second_document_marker(text));
+        message = match (second, locations.syntax_error()) {
+            (Some(at), _) => {
                 (line, column) = (at.line, at.column);
                 "a config file holds one YAML document, and a second one starts here \
                  (remove the `---`, or indent the top-level keys alike)"
+                    .to_owned()
             }
-            None => "a config file holds one YAML document; remove the extra `---` separators",
+            (None, Some((at, why))) => {
+                (line, column) = (at.line, at.column);
+                format!(
+                    "a config file holds one YAML document, and this does not read as one: {why}"
+                )
+            }
+            (None, None) => {
+                "a config file holds one YAML document; remove the extra `---` separators"
+                    .to_owned()
+            }
         }
-        .to_owned();
     }
 
     // serde reports a repeated struct field at the document start; the index
@@ -275,16 +281,6 @@ fn deserialize_error(
     }
 
     ConfigErrors(vec![ConfigError { file: source.to_path_buf(), line, column, field, message }])
-}
-
-/// Where libyaml (serde_yaml's parser) fails in the text's second document.
-fn second_document_error(text: &str) -> Option<Location> {
-    let mut documents = serde_yaml::Deserializer::from_str(text);
-    documents.next()?;
-    let second = documents.next()?;
-    let at =
-        <serde::de::IgnoredAny as serde::Deserialize>::deserialize(second).err()?.location()?;
-    Some(Location { line: at.line(), column: at.column() })
 }
 
 /// serde_yaml's message embeds its own path prefix and the position
@@ -586,7 +582,11 @@ store:
             errors("# a comment\n  admin: {}\nupstream: {}\n"),
             [format!("keyward.yaml:3:1: {second}")]
         );
-        assert_eq!(errors("!a*!b:c\n!d: !\n"), [format!("keyward.yaml:2:1: {second}")]);
+        assert_eq!(
+            errors("!a*!b:c\n!d: !\n"),
+            ["keyward.yaml:1:1: a config file holds one YAML document, and this does not read \
+              as one: while scanning a tag, did not find expected whitespace or line break"]
+        );
         // A quoted scalar yaml-rust2 refuses, then a `---`.
         assert_eq!(
             errors("listen: \"127.0.0.? [a, b]\n: !1:1\"\n---\nmode: x\n"),
