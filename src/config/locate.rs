@@ -192,6 +192,8 @@ pub(crate) fn second_document_marker(text: &str) -> Option<Location> {
     let (mut content, mut ended) = (false, false);
     for (i, line) in yaml_lines(text).enumerate() {
         let at = Location { line: i + 1, column: indentation(line) + 1 };
+        // A `%` line before any content is a directive (`%YAML 1.2`).
+        let directive = !content && line.starts_with('%');
         if marker(line, "---") {
             if content || ended {
                 return Some(at);
@@ -199,7 +201,7 @@ pub(crate) fn second_document_marker(text: &str) -> Option<Location> {
             content = is_content(&line[3..]);
         } else if marker(line, "...") {
             ended = true;
-        } else if is_content(line) && !(line.starts_with('%') && !content) {
+        } else if is_content(line) && !directive {
             if ended {
                 return Some(at);
             }
