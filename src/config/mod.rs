@@ -108,7 +108,7 @@ impl Config {
         let deserializer = serde_yaml::Deserializer::from_str(text);
         match serde_path_to_error::deserialize::<_, raw::RawConfig>(deserializer) {
             Ok(raw) => validate::validate(raw, source, overrides, locations),
-            Err(error) => Err(deserialize_error(error, source, &locations)),
+            Err(error) => Err(deserialize_error(error, text, source, &locations)),
         }
     }
 
@@ -189,9 +189,13 @@ pub(crate) fn redact_urls_in(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(found) = rest.find("://") {
+        // The scheme starts after the last character that cannot be in one,
+        // which may be several bytes long (`café://`).
         let scheme_start = rest[..found]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         out.push_str(&rest[..scheme_start]);
         let url_end = rest[found + 3..]
             .find(|c: char| c.is_whitespace() || matches!(c, '"' | '`' | '\'' | ','))
@@ -206,6 +210,7 @@ pub(crate) fn redact_urls_in(text: &str) -> String {
 /// Turns serde's first error into a located error naming the field.
 fn deserialize_error(
     error: serde_path_to_error::Error<serde_yaml::Error>,
+    text: &str,
     source: &Path,
     locations: &Locations,
 ) -> ConfigErrors {
@@ -216,12 +221,34 @@ fn deserialize_error(
         field.truncate(field.len().saturating_sub(2));
     }
     let inner = error.into_inner();
-    let (line, column) = inner.location().map_or((0, 0), |at| (at.line(), at.column()));
+    let (mut line, mut column) = inner.location().map_or((0, 0), |at| (at.line(), at.column()));
     let mut message =
         redact_urls_in(&clean_serde_message(&inner.to_string(), &field, line, column));
     if message.contains("more than one document") {
-        message =
-            "a config file holds one YAML document; remove the extra `---` separators".to_owned();
+        // serde gives no position for this one. The index knows where a
+        // second document begins, unless yaml-rust2 gave up earlier than
+        // libyaml (they disagree on some tags, quoting and indentation);
+        // then the text's document markers say where it is, or failing
+        // those, the place yaml-rust2 gave up is what to look at.
+        let second = locations.second_document().or_else(|| locate::second_document_marker(text));
+        message = match (second, locations.syntax_error()) {
+            (Some(at), _) => {
+                (line, column) = (at.line, at.column);
+                "a config file holds one YAML document, and a second one starts here \
+                 (remove the `---`, or indent the top-level keys alike)"
+                    .to_owned()
+            }
+            (None, Some((at, why))) => {
+                (line, column) = (at.line, at.column);
+                format!(
+                    "a config file holds one YAML document, and this does not read as one: {why}"
+                )
+            }
+            (None, None) => {
+                "a config file holds one YAML document; remove the extra `---` separators"
+                    .to_owned()
+            }
+        }
     }
 
     // serde reports a repeated struct field at the document start; the index
@@ -538,10 +565,52 @@ store:
             ["keyward.yaml:2:1: found character that cannot start any token, \
               while scanning for the next token"]
         );
+        let second = "a config file holds one YAML document, and a second one starts here \
+                      (remove the `---`, or indent the top-level keys alike)";
         assert_eq!(
             errors("listen: a\n---\nmode: observe\n"),
-            ["keyward.yaml: a config file holds one YAML document; remove the extra `---` separators"]
+            [format!("keyward.yaml:2:1: {second}")]
         );
+        // A document ended with `...` and followed by another.
+        assert_eq!(
+            errors("---\nlisten: a\n...\n\nmode: observe\n"),
+            [format!("keyward.yaml:5:1: {second}")]
+        );
+        // Found by fuzzing: keys indented unlike the first one, and a tag
+        // yaml-rust2 refuses where libyaml reads on.
+        assert_eq!(
+            errors("# a comment\n  admin: {}\nupstream: {}\n"),
+            [format!("keyward.yaml:3:1: {second}")]
+        );
+        assert_eq!(
+            errors("!a*!b:c\n!d: !\n"),
+            ["keyward.yaml:1:1: a config file holds one YAML document, and this does not read \
+              as one: while scanning a tag, did not find expected whitespace or line break"]
+        );
+        // A quoted scalar yaml-rust2 refuses, then a `---`.
+        assert_eq!(
+            errors("listen: \"127.0.0.? [a, b]\n: !1:1\"\n---\nmode: x\n"),
+            [format!("keyward.yaml:3:1: {second}")]
+        );
+    }
+
+    #[test]
+    fn yaml_nested_too_deep_is_an_error_not_a_stack_overflow() {
+        // Found while writing the config fuzz target: the field index
+        // (yaml-rust2's `load`) recursed once per level and aborted the
+        // process; serde_yaml stops at 128 levels.
+        let text = format!("routes:\n{}x\n", "- ".repeat(300_000));
+        let errors = std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(move || match load(&text) {
+                Ok(_) => panic!("a 300 000-level document was accepted"),
+                Err(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+            .unwrap()
+            .join()
+            .expect("loading a deep document overflowed a 512 KiB stack");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("keyward.yaml:2:"), "{errors:?}");
     }
 
     #[test]
@@ -717,6 +786,20 @@ store:
         assert_eq!(
             redact_urls_in("a https://u:p@h/x and `redis://q@r`."),
             "a https://u:***@h/x and `redis://***@r`."
+        );
+    }
+
+    #[test]
+    fn urls_after_non_ascii_text_are_redacted_without_a_panic() {
+        // Found by fuzzing: `jwt: "café://x"` made check-config (and a
+        // reload) panic on a byte index inside `é`.
+        assert_eq!(redact_urls_in("caf\u{e9}://u:p@h x"), "caf\u{e9}://u:***@h x");
+        assert_eq!(redact_urls_in("\u{1f511}redis://p@h"), "\u{1f511}redis://***@h");
+        assert_eq!(redact_urls_in("\u{e9}://"), "\u{e9}://");
+        assert_eq!(
+            errors("jwt: \"caf\u{e9}://x\"\n"),
+            ["keyward.yaml:1:6: jwt: invalid type: string \"caf\u{e9}://x\", expected a mapping \
+              (hs256_secret_env or jwks_file, issuer, audience, ...)"]
         );
     }
 

@@ -642,6 +642,89 @@ mod tests {
         }
     }
 
+    /// One character of a path, before it is spelled: a separator, an
+    /// unreserved character (plain or escaped), or a byte that is only ever
+    /// escaped.
+    #[derive(Debug, Clone, Copy)]
+    enum Unit {
+        Slash,
+        Unreserved(u8),
+        Escaped(u8),
+    }
+
+    fn unit_strategy() -> impl Strategy<Value = Unit> {
+        prop_oneof![
+            1 => Just(Unit::Slash),
+            4 => prop::sample::select(b"aZ09-._~".to_vec()).prop_map(Unit::Unreserved),
+            2 => prop::sample::select(vec![b' ', b':', b'%', b'?', b'@', 0xC3, 0xA9, 0xFF])
+                .prop_map(Unit::Escaped),
+        ]
+    }
+
+    /// Spells `units` as a path; `choices` decide, unit by unit, whether an
+    /// unreserved character is escaped and the case of each hex digit.
+    fn spell(units: &[Unit], choices: &[u8]) -> String {
+        let mut out = String::from("/");
+        for (i, unit) in units.iter().enumerate() {
+            let c = choices.get(i).copied().unwrap_or(0);
+            let escape = |out: &mut String, b: u8| {
+                let hex = format!("{b:02X}");
+                for (j, h) in hex.chars().enumerate() {
+                    let lower = c & (2 << j) != 0;
+                    out.push(if lower { h.to_ascii_lowercase() } else { h });
+                }
+            };
+            match *unit {
+                Unit::Slash => out.push('/'),
+                Unit::Unreserved(b) if c & 1 == 0 => out.push(char::from(b)),
+                Unit::Unreserved(b) | Unit::Escaped(b) => {
+                    out.push('%');
+                    escape(&mut out, b);
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        /// The matching form is a fixed point: normalising it again accepts
+        /// it unchanged (no second decoding step could find anything left
+        /// to decode), with the same segments.
+        #[test]
+        fn the_matching_form_is_a_fixed_point(
+            segs in prop::collection::vec(segment_strategy(), 1..6),
+            allow_semicolon in any::<bool>(),
+        ) {
+            let raw = format!("/{}", segs.join("/"));
+            if let Ok(path) = normalise(&raw, allow_semicolon) {
+                let again = normalise(path.as_str(), allow_semicolon);
+                prop_assert!(again.is_ok(), "{raw:?} -> {:?} -> {again:?}", path.as_str());
+                let again = again.unwrap();
+                prop_assert_eq!(again.as_str(), path.as_str());
+                prop_assert!(!again.is_rewritten());
+                prop_assert!(again.segments().eq(path.segments()), "{raw:?}");
+            }
+        }
+
+        /// RFC 3986 §6.2.2: spellings that name the same resource (an
+        /// unreserved character plain or escaped, an escape's hex digits in
+        /// either case) are judged alike and matched alike, so re-spelling
+        /// a path can neither side-step a route nor dodge a rejection.
+        #[test]
+        fn equivalent_spellings_are_judged_and_matched_alike(
+            units in prop::collection::vec(unit_strategy(), 0..12),
+            a in prop::collection::vec(any::<u8>(), 12),
+            b in prop::collection::vec(any::<u8>(), 12),
+        ) {
+            let (one, other) = (spell(&units, &a), spell(&units, &b));
+            let judge = |raw: &str| -> Result<(String, Vec<String>), PathRejection> {
+                normalise(raw, false)
+                    .map(|p| (p.as_str().to_owned(), p.segments().map(str::to_owned).collect()))
+            };
+            prop_assert_eq!(judge(&one), judge(&other), "{:?} vs {:?}", one, other);
+        }
+    }
+
     /// A lenient decoder, as upstream frameworks have: valid escapes become
     /// bytes, anything else stays as it is.
     fn percent_decode(s: &str) -> String {
