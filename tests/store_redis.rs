@@ -404,6 +404,42 @@ async fn touch_last_used_updates_known_keys_and_never_creates_a_hash() {
     store.touch_last_used(&[]).await.expect("empty batch");
 }
 
+/// `(client id, last command)` of every client but the asking one.
+fn clients(server: &RedisServer) -> Vec<(String, String)> {
+    let list = server.cmd(&["CLIENT", "LIST"]).expect("client list");
+    let list = list.as_str().expect("bulk string").to_owned();
+    list.lines()
+        .filter_map(|line| {
+            let field =
+                |name: &str| line.split(' ').find_map(|f| f.strip_prefix(name)).map(str::to_owned);
+            let cmd = field("cmd=")?;
+            (cmd != "client|list").then(|| (field("id=").unwrap_or_default(), cmd))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_writes_run_on_their_own_connection_not_the_request_paths() {
+    let server = RedisServer::start();
+    let store = store_for(&server).await;
+    // The bulk connection is made right after the first.
+    assert!(
+        support::wait_until_async(Duration::from_secs(5), || clients(&server).len() >= 2).await,
+        "no second connection: {:?}",
+        clients(&server)
+    );
+    let hash = KeyHash::of("kw_live_bulk");
+    store.insert(&hash, &record("key_b", "acme", 1)).await.expect("insert");
+    store.touch_last_used(&[(hash, 100)]).await.expect("touch");
+    store.get(&hash).await.expect("get").expect("present");
+    let seen = clients(&server);
+    let by = |cmd: &str| seen.iter().find(|(_, c)| c == cmd).map(|(id, _)| id.clone());
+    let (touch, get) = (by("eval"), by("hgetall"));
+    assert!(touch.is_some() && get.is_some(), "clients: {seen:?}");
+    assert_ne!(touch, get, "the touch shared the request path's connection: {seen:?}");
+    assert_eq!(seen.len(), 2, "one request connection and one bulk connection: {seen:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_redis_fails_fast_and_the_same_store_recovers_after_restart() {
     let mut server = RedisServer::start();

@@ -159,6 +159,13 @@ struct Inner {
     /// `None` until the first connection succeeds. The connection then
     /// reconnects by itself (driven by commands and the probe).
     conn: ArcSwapOption<Conn>,
+    /// A second connection for the bulk operations ([`Op::bulk`]): the
+    /// flusher's last-used and usage writes, listings. On the shared
+    /// connection a flush of 10,000 busy keys queued 20,000 commands ahead
+    /// of the request path's `EVALSHA`s on the one socket (head-of-line
+    /// blocking, the harness's p99). `None` until made; the bulk
+    /// operations use `conn` meanwhile.
+    bulk: ArcSwapOption<Conn>,
     /// `true` while the last command or probe succeeded.
     up: watch::Sender<bool>,
     timeouts_in_a_row: AtomicU32,
@@ -686,6 +693,7 @@ impl RedisStore {
             shown_url,
             cluster: matches!(connector, Connector::Cluster(_)),
             conn: ArcSwapOption::empty(),
+            bulk: ArcSwapOption::empty(),
             up: watch::Sender::new(false),
             timeouts_in_a_row: AtomicU32::new(0),
             tripped: tripped.clone(),
@@ -765,7 +773,8 @@ impl RedisStore {
         Fut: Future<Output = RedisResult<T>>,
     {
         let inner = &*self.inner;
-        let Some(conn) = inner.conn.load_full() else {
+        let bulk = if op.bulk() { inner.bulk.load_full() } else { None };
+        let Some(conn) = bulk.or_else(|| inner.conn.load_full()) else {
             return Err(StoreError::Unavailable(format!(
                 "not connected to Redis at {} yet",
                 inner.shown_url
@@ -1028,6 +1037,23 @@ impl Op {
     fn on_request_path(self) -> bool {
         matches!(self, Op::Get | Op::Ping | Op::RateLimit)
     }
+
+    /// Many commands at once, off the request path: run on the store's
+    /// second connection so they never queue ahead of a request's command.
+    fn bulk(self) -> bool {
+        matches!(self, Op::TouchLastUsed | Op::Usage | Op::List)
+    }
+}
+
+/// Makes the bulk connection ([`Inner::bulk`]). Once made it reconnects by
+/// itself like the first; until then the first serves its operations, and
+/// the supervisor tries again at the next health check.
+async fn connect_bulk(inner: &Inner, connector: &Connector) {
+    match tokio::time::timeout(inner.admin_timeout, connector.connect()).await {
+        Ok(Ok(bulk)) => inner.bulk.store(Some(Arc::new(bulk))),
+        Ok(Err(e)) => tracing::debug!(error = %describe(&e), "no bulk Redis connection yet"),
+        Err(_) => tracing::debug!("no bulk Redis connection yet: connect timed out"),
+    }
 }
 
 /// The background half of the store: first connect with backoff, then
@@ -1044,6 +1070,7 @@ async fn supervise(store: Weak<Inner>, tripped: Arc<Notify>, connector: Connecto
                 inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
                 inner.set_up(true);
                 tracing::info!(url = %inner.shown_url, "connected to the Redis key store");
+                connect_bulk(&inner, &connector).await;
                 break;
             }
             Ok(Err(e)) => describe(&e),
@@ -1069,6 +1096,9 @@ async fn supervise(store: Weak<Inner>, tripped: Arc<Notify>, connector: Connecto
         };
         let Some(inner) = store.upgrade() else { return };
         if !woken {
+            if inner.bulk.load().is_none() {
+                connect_bulk(&inner, &connector).await;
+            }
             // Through the normal path, so a failure trips the store.
             let _ = RedisStore { inner }.ping().await;
             continue;
