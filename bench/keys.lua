@@ -1,7 +1,10 @@
 -- wrk script: GET KW_PATH with `Authorization: Bearer <key>`, cycling through
 -- every key of KW_KEYS_FILE once per pass in a shuffled order (thread-local).
+-- KW_DELAY_MS > 0 paces each connection (exponential think time with that
+-- mean after each response, as the side-by-side harness's latency run does).
 local keys_file = os.getenv("KW_KEYS_FILE")
 local path = os.getenv("KW_PATH") or "/v1/jobs/42"
+local delay_ms = tonumber(os.getenv("KW_DELAY_MS") or "0")
 local reqs, n, i = {}, 0, 0
 
 function init(args)
@@ -26,8 +29,18 @@ function request()
     return reqs[i]
 end
 
+if delay_ms > 0 then
+    local log, random, floor = math.log, math.random, math.floor
+    function delay()
+        local d = floor(-delay_ms * log(1 - random()) + 0.5)
+        if d > 10 * delay_ms then d = 10 * delay_ms end
+        return d
+    end
+end
+
 function done(summary, latency, requests)
     local s = summary.status_codes or {}
     local non2xx = summary.errors.status or 0
-    io.write(string.format("KWRSS requests=%d non2xx=%d\n", summary.requests, non2xx))
+    io.write(string.format("KWRSS requests=%d non2xx=%d p50_us=%d p99_us=%d max_us=%d\n",
+        summary.requests, non2xx, latency:percentile(50), latency:percentile(99), latency.max))
 end

@@ -75,7 +75,7 @@ NGINX
 
 # start_keyward BIN: `serve` with $TMP/keyward.yaml; KW_PID is the server.
 start_keyward() {
-  KEYWARD_LOG_LEVEL=warn timeout "$LIFETIME" "$1" serve --config "$TMP/keyward.yaml" >"$TMP/keyward.out" 2>&1 &
+  KEYWARD_LOG_LEVEL=${KEYWARD_LOG_LEVEL:-warn} timeout "$LIFETIME" "$1" serve --config "$TMP/keyward.yaml" >"$TMP/keyward.out" 2>&1 &
   PIDS+=($!)
   wait_port "$P_KW" || { cat "$TMP/keyward.out" >&2; exit 1; }
   KW_PID=$(pgrep -P "${PIDS[-1]}" || echo "${PIDS[-1]}")

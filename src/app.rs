@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::auth::keyring::Keyring;
 use crate::clock;
@@ -362,8 +362,10 @@ async fn flush_last_used(
         // every busy key's pending write at once; failures are logged once
         // per flush, not per part.
         let (mut touch_failed, mut usage_failed) = (None, None);
+        let (started, mut touched, mut counted) = (clock::now(), 0, 0);
         for part in 0..keyring.cache.pending_parts() {
             let (batch, usage) = keyring.cache.drain_pending(part);
+            (touched, counted) = (touched + batch.len(), counted + usage.len());
             if !batch.is_empty() {
                 if let Err(e) = keyring.store.touch_last_used(&batch).await {
                     metrics.store_errors.with_label_values(&["touch"]).inc();
@@ -380,6 +382,10 @@ async fn flush_last_used(
                     keyring.cache.usage.restore(usage);
                 }
             }
+        }
+        if touched + counted > 0 {
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            debug!(touched, counted, ms, "flushed last-used times and usage counts");
         }
         if let Some((e, keys)) = touch_failed {
             warn!(error = %e, keys, "could not record last-used times");

@@ -1,7 +1,7 @@
-//! The upstream side: a pooled keep-alive HTTP/1.1 client (plain or rustls
-//! for `https://`), the request body
-//! wrapper that enforces `limits.max_body_bytes` while streaming, and the
-//! mapping of client errors to 502 / 504 (SPEC §7).
+//! The upstream side: building the pooled keep-alive HTTP/1.1 client
+//! (`pool.rs`; plain or rustls for `https://`), the request body wrapper
+//! that enforces `limits.max_body_bytes` while streaming, and the mapping of
+//! client errors to 502 / 504 (SPEC §7).
 
 use std::error::Error as StdError;
 use std::pin::Pin;
@@ -13,18 +13,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::deny::Deny;
+pub use super::pool::{UpstreamBody, UpstreamClient, UpstreamError};
 use crate::config::UpstreamConfig;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
-
-/// The client every request is forwarded through. Cloning shares the pool.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 /// Builds the pooled client for `upstream.url`: the request URI's scheme
 /// picks plain TCP or TLS (trust: system roots plus `upstream.ca_file`,
@@ -42,16 +37,12 @@ pub fn client(cfg: &UpstreamConfig) -> Result<UpstreamClient, crate::tls::TlsErr
         .https_or_http()
         .enable_http1()
         .wrap_connector(connector);
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        // Idle upstream connections are closed before typical server
-        // keep-alive timeouts (nginx 75 s, Node 5 s is lower: hyper retries
-        // a request that never got written on a connection found closed).
-        .pool_idle_timeout(Duration::from_secs(60))
-        // Host is what the client sent (SPEC §10), not the upstream's name.
-        .set_host(false)
-        .build(connector))
+    // Idle upstream connections are closed before typical server
+    // keep-alive timeouts (nginx 75 s; Node's 5 s is lower: a request that
+    // meets a connection the upstream closed while idle is sent again on
+    // another one, see pool.rs). Host is what the client sent (SPEC §10),
+    // not the upstream's name: the pool never sets it.
+    Ok(UpstreamClient::new(connector, Duration::from_secs(60)))
 }
 
 /// The client's request body on its way to the upstream, streamed frame by
@@ -131,9 +122,8 @@ impl Body for RequestBody {
 /// Maps a client error to the SPEC §7 answer: a request body the client
 /// broke is 400 `bad_request`; a connect timeout is 504 `upstream_timeout`;
 /// refused, reset or closed connections are 502 `upstream_unavailable`.
-pub fn classify(err: &hyper_util::client::legacy::Error) -> Deny {
-    let mut source: Option<&(dyn StdError + 'static)> = err.source();
-    while let Some(e) = source {
+pub fn classify(err: &UpstreamError) -> Deny {
+    for e in super::pool::chain(err) {
         if e.downcast_ref::<ClientBodyError>().is_some() {
             return Deny::BadRequest("The request body could not be read");
         }
@@ -148,7 +138,6 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> Deny {
         if err.is_connect() && e.to_string().contains("timed out") {
             return Deny::UpstreamTimeout;
         }
-        source = e.source();
     }
     Deny::UpstreamUnavailable
 }

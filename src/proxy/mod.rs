@@ -25,6 +25,7 @@ pub mod cors;
 pub mod deny;
 pub mod forward;
 pub mod headers;
+mod pool;
 pub mod problem;
 
 use std::sync::atomic::Ordering;
@@ -55,12 +56,12 @@ use crate::runtime::Runtime;
 use crate::store::{CachedKey, KeyHash, KeyState};
 use crate::telemetry::{Metrics, Outcome};
 pub use deny::Deny;
-use forward::{RequestBody, UpstreamClient};
+use forward::{RequestBody, UpstreamBody, UpstreamClient};
 pub use headers::Peer;
 use headers::{Forwarding, HeaderPolicy, X_REQUEST_ID};
 
 /// Responses are either the upstream's streamed body or one of ours.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// The route label until the route table exists (SPEC §9).
 const UNMATCHED: &str = "unmatched";
