@@ -26,19 +26,11 @@ start_redis --appendonly no
 seed "$N"
 start_upstream
 
-cat >"$TMP/keyward.yaml" <<YAML
-listen: "127.0.0.1:$P_KW"
-admin: {listen: "127.0.0.1:$P_ADMIN"}
-upstream: {url: "http://127.0.0.1:$P_UP"}
-store: {kind: redis, redis: {url: "redis://127.0.0.1:$P_REDIS/0", key_prefix: "keyward:"}}
+write_config <<YAML
 keys:
   require_checksum: true
   cache: {ttl: 10m, negative_ttl: 5s, max_entries: $N}
-plans:
-  bench: {limits: [{window: 1m, max: 1000000000}, {window: 1s, max: 100000000}]}
-rate_limit: {default_plan: bench, anonymous_plan: bench}
-routes:
-  - {path: /v1/jobs/**, methods: [GET], scopes: [jobs:read]}
+$BENCH_POLICY
 YAML
 start_keyward "$BIN"
 

@@ -5,7 +5,8 @@
 # cache settings, but runs long enough (RUN_S, default 12 s) that each one
 # includes a last-used/usage flush (every 10 s), alternating direct and
 # keyward so both see the same machine. Each line also gives the share of
-# the server cpu that keyward, redis and the upstream used (user+sys).
+# the server cpu that keyward, redis and the upstream used (user+sys), and
+# what the hypervisor took from it (steal).
 # RATE=100000 CONNS=64 makes it a closed-loop throughput run instead.
 #
 #   cargo build --release && bench/latency.sh [KEYWARD_BIN]
@@ -28,23 +29,17 @@ taskset -pc "$SERVER_CPU" $$ >/dev/null   # servers inherit it; wrk is re-pinned
 start_redis --appendonly no
 seed "$N"
 start_upstream
-cat >"$TMP/keyward.yaml" <<YAML
-listen: "127.0.0.1:$P_KW"
-admin: {listen: "127.0.0.1:$P_ADMIN"}
-upstream: {url: "http://127.0.0.1:$P_UP"}
-store: {kind: redis, redis: {url: "redis://127.0.0.1:$P_REDIS/0", key_prefix: "keyward:", timeout: 500ms}}
+write_config "timeout: 500ms" <<YAML
 keys: {require_checksum: true, cache: {ttl: 30s, negative_ttl: 5s, max_entries: 100000}}
-plans:
-  bench: {limits: [{window: 1m, max: 1000000000}, {window: 1s, max: 100000000}]}
-rate_limit: {default_plan: bench, anonymous_plan: bench}
-routes:
-  - {path: /v1/jobs/**, methods: [GET], scopes: [jobs:read]}
+$BENCH_POLICY
 YAML
 start_keyward "$BIN"
 
 DELAY=$(( (CONNS * 1000 + RATE / 2) / RATE ))
 REDIS_SRV=$(pgrep -P "$REDIS_PID" redis-server || echo "$REDIS_PID")
-UP_WORKER=$(pgrep -f "nginx: worker process" -P "$(pgrep -f "nginx -p $TMP/up/" | head -1)" | head -1 || true)
+UP_WORKER=$(for w in $(pgrep -f "nginx: worker process"); do
+  grep -qa "$TMP/up" "/proc/$(awk '{ print $4 }' "/proc/$w/stat")/cmdline" 2>/dev/null && echo "$w"
+done | head -1)
 ticks() { # ticks PID... -> "utime stime" per PID, in clock ticks
   for p in "$@"; do awk '{ printf "%s %s ", $14, $15 }' "/proc/$p/stat"; done; echo
 }
@@ -60,16 +55,18 @@ printf '%-4s %-8s %10s %10s %10s %8s  %s\n' run target req/s p50_ms p99_ms non2x
 for r in $(seq 1 "$RUNS"); do
   for t in direct keyward; do
     port=$P_UP; [[ $t == keyward ]] && port=$P_KW
+    steal0=$(awk -v c="cpu$SERVER_CPU" '$1 == c { print $9 }' /proc/stat)
     before=$(ticks "$KW_PID" "$REDIS_SRV" ${UP_WORKER:+"$UP_WORKER"})
     read -r p50 p99 n bad < <(load "$port" "$RUN_S" "$DELAY")
     after=$(ticks "$KW_PID" "$REDIS_SRV" ${UP_WORKER:+"$UP_WORKER"})
+    steal=$(( ($(awk -v c="cpu$SERVER_CPU" '$1 == c { print $9 }' /proc/stat) - steal0) * 100 / $(getconf CLK_TCK) / RUN_S ))
     # Share of the server cpu each process used during the run, user+sys.
     cpu=$(echo "$before $after" | awk -v s="$RUN_S" -v hz="$(getconf CLK_TCK)" '{
       n = NF / 2; split("keyward redis upstream", name, " ")
       for (i = 1; i <= n; i += 2) printf "%s %d+%d%% ", name[(i + 1) / 2],
         ($(n + i) - $i) * 100 / hz / s, ($(n + i + 1) - $(i + 1)) * 100 / hz / s }')
     printf '%-4s %-8s %10.0f %10.3f %10.3f %8s  %s\n' "$r" "$t" "$(( n / RUN_S ))" \
-      "$(awk "BEGIN{print $p50/1000}")" "$(awk "BEGIN{print $p99/1000}")" "$bad" "$cpu"
+      "$(awk "BEGIN{print $p50/1000}")" "$(awk "BEGIN{print $p99/1000}")" "$bad" "${cpu}steal ${steal}%"
     echo "$t $p50 $p99" >>"$TMP/runs"
   done
 done

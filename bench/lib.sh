@@ -73,6 +73,31 @@ NGINX
   wait_port "$P_UP"
 }
 
+# write_config [STORE_OPTIONS]: $TMP/keyward.yaml with the listeners, the
+# upstream and the Redis store on this run's ports (STORE_OPTIONS, e.g.
+# "timeout: 500ms", go into store.redis), then what stdin holds (keys,
+# plans, routes).
+write_config() {
+  {
+    cat <<YAML
+listen: "127.0.0.1:$P_KW"
+admin: {listen: "127.0.0.1:$P_ADMIN"}
+upstream: {url: "http://127.0.0.1:$P_UP"}
+store: {kind: redis, redis: {url: "redis://127.0.0.1:$P_REDIS/0", key_prefix: "keyward:"${1:+, $1}}}
+YAML
+    cat
+  } >"$TMP/keyward.yaml"
+}
+
+# The policy most benches use: the harness's two-window `bench` plan (so
+# every request costs the full script, never hit) and one route,
+# GET /v1/jobs/** needing jobs:read.
+BENCH_POLICY='plans:
+  bench: {limits: [{window: 1m, max: 1000000000}, {window: 1s, max: 100000000}]}
+rate_limit: {default_plan: bench, anonymous_plan: bench}
+routes:
+  - {path: /v1/jobs/**, methods: [GET], scopes: [jobs:read]}'
+
 # start_keyward BIN: `serve` with $TMP/keyward.yaml; KW_PID is the server.
 start_keyward() {
   KEYWARD_LOG_LEVEL=${KEYWARD_LOG_LEVEL:-warn} timeout "$LIFETIME" "$1" serve --config "$TMP/keyward.yaml" >"$TMP/keyward.out" 2>&1 &

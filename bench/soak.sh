@@ -28,11 +28,7 @@ start_redis "${REDIS_ARGS[@]}"
 seed "$N"
 start_upstream
 
-cat >"$TMP/keyward.yaml" <<YAML
-listen: "127.0.0.1:$P_KW"
-admin: {listen: "127.0.0.1:$P_ADMIN"}
-upstream: {url: "http://127.0.0.1:$P_UP"}
-store: {kind: redis, redis: {url: "redis://127.0.0.1:$P_REDIS/0", key_prefix: "keyward:"}}
+write_config <<YAML
 keys: {require_checksum: true, cache: {ttl: 5s, negative_ttl: 2s}}
 plans:
   bench: {limits: [{window: 1m, max: 1000000000}]}
