@@ -652,3 +652,44 @@ async fn a_tls_connection_that_goes_quiet_after_its_handshake_is_cut_at_header_r
     }
     assert_eq!(up.count(), 0);
 }
+
+/// Idle HTTP/2 connections are bounded too: hyper has no idle timeout for
+/// them and a live client answers its keep-alive pings, so keyward closes a
+/// connection once no request has been in flight on it for
+/// `limits.header_read_timeout` (500 ms here). A request that takes longer
+/// than that is in flight, not idle: it completes.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_but_a_slow_request_on_one_completes() {
+    let up = EchoUpstream::start();
+    let config = format!(
+        "{}limits: {{header_read_timeout: 500ms}}\n",
+        support::keyed_config_yaml(&up.url())
+    );
+    let kw = Keyward::start_keyed(&config);
+    let auth = AUTH_LINE["Authorization: ".len()..].trim_end().to_owned();
+    let tcp = tokio::net::TcpStream::connect(kw.addr()).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+    // 1.2 s upstream wait, over twice the idle bound.
+    let req = http::Request::get(format!("http://{}/slow?ms=1200", kw.addr()))
+        .header("authorization", &auth)
+        .body(())
+        .expect("request");
+    let (resp, _) = client.send_request(req, true).expect("send");
+    let resp = resp.await.expect("the slow request is answered, not cut");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        chunk.expect("body");
+    }
+    let idle_from = Instant::now();
+    // Now idle: the connection ends (the driver future completes) soon
+    // after 500 ms, although the client stays ready to answer pings.
+    let ended = tokio::time::timeout(Duration::from_secs(3), conn).await;
+    let after = idle_from.elapsed();
+    assert!(ended.is_ok(), "an idle HTTP/2 connection was still open after 3 s");
+    assert!(after >= Duration::from_millis(400), "closed after only {after:?} idle");
+    eprintln!("idle h2 connection closed after {after:?}");
+    still_serves(&kw, "after closing an idle h2 connection");
+}

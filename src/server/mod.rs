@@ -8,6 +8,15 @@
 //! [`FirstBytesDeadline`] bounds the wait before that, while the auto
 //! builder is still telling HTTP/1 from the HTTP/2 preface.
 //!
+//! An idle connection is closed after the same `header_read_timeout`:
+//! hyper's header timer already does this for an HTTP/1.1 keep-alive
+//! connection waiting for its next request, and [`Activity`] does it for
+//! every connection with no request in flight, which is what bounds idle
+//! HTTP/2 connections (hyper has no idle timeout for those, and its
+//! keep-alive pings are answered by any live client, so without this a
+//! client could hold idle connections, and their file descriptors, for
+//! ever).
+//!
 //! Shutdown happens in three steps (STYLE habit 8): stop accepting, drain the
 //! open connections (hyper-util `GracefulShutdown`: idle keep-alive
 //! connections close at once, in-flight requests finish), give up at
@@ -19,6 +28,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,6 +43,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use crate::clock;
 use crate::proxy::{Peer, Proxy};
 use crate::telemetry::Metrics;
 
@@ -121,7 +132,8 @@ pub async fn run_proxy(
             match tls {
                 None => {
                     let stream = FirstBytesDeadline::new(stream, settings.header_read_timeout);
-                    serve(&builder, stream, proxy, peer, watcher).await;
+                    serve(&builder, stream, proxy, peer, watcher, settings.header_read_timeout)
+                        .await;
                 }
                 Some(acceptor) => {
                     // Slowloris on the handshake: the same bound as a head.
@@ -131,7 +143,15 @@ pub async fn run_proxy(
                             // A handshake, then silence: the same bound again.
                             let stream =
                                 FirstBytesDeadline::new(stream, settings.header_read_timeout);
-                            serve(&builder, stream, proxy, peer, watcher).await;
+                            serve(
+                                &builder,
+                                stream,
+                                proxy,
+                                peer,
+                                watcher,
+                                settings.header_read_timeout,
+                            )
+                            .await;
                         }
                         Ok(Err(e)) => debug!(error = %e, %peer, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
@@ -162,17 +182,108 @@ async fn serve<I>(
     proxy: Arc<Proxy>,
     peer: std::net::SocketAddr,
     watcher: Watcher,
+    idle_timeout: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client = Arc::new(Peer::new(peer));
+    let activity = Arc::new(Activity::new());
+    let in_service = activity.clone();
     let service = service_fn(move |req| {
         let (proxy, client) = (proxy.clone(), client.clone());
-        async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
+        // Held until the response body is done (or dropped).
+        let busy = in_service.begin();
+        async move {
+            let resp = proxy.handle(req, &client).await;
+            Ok::<_, Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        debug!(error = %e, %peer, "connection ended with an error");
+    tokio::select! {
+        ended = watcher.watch(conn) => if let Err(e) = ended {
+            debug!(error = %e, %peer, "connection ended with an error");
+        },
+        // Nothing is in flight: dropping the connection loses no request.
+        () = activity.idle_for(idle_timeout) => debug!(%peer, "closing an idle connection"),
+    }
+}
+
+/// Requests in flight on one connection and when the last one ended, for
+/// the idle bound (module doc).
+struct Activity {
+    in_flight: AtomicUsize,
+    /// `clock::now()` offset of the last request's end, in ms since `start`.
+    last_ms: AtomicU64,
+    start: std::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { in_flight: AtomicUsize::new(0), last_ms: AtomicU64::new(0), start: clock::now() }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// Resolves once no request has been in flight for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let wait_ms = if self.in_flight.load(Ordering::Acquire) > 0 {
+                timeout_ms
+            } else {
+                let idle_ms = self.now_ms().saturating_sub(self.last_ms.load(Ordering::Acquire));
+                if idle_ms >= timeout_ms {
+                    return;
+                }
+                timeout_ms - idle_ms
+            };
+            tokio::time::sleep(Duration::from_millis(wait_ms.max(1))).await;
+        }
+    }
+}
+
+/// One request in flight (see [`Activity`]).
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.last_ms.store(self.0.now_ms(), Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is
+/// done: a long download on an otherwise quiet HTTP/2 connection is not
+/// idle.
+struct Tracked<B> {
+    body: B,
+    _busy: Busy,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
