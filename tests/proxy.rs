@@ -338,6 +338,30 @@ fn websocket_upgrade_is_tunnelled_after_upstream_101() {
     assert_eq!(rec.header("upgrade"), Some("websocket"));
 }
 
+/// The idle-connection bound (`limits.header_read_timeout`) is for
+/// connections with no request in flight; a WebSocket tunnel has left the
+/// HTTP connection behind and stays open however long it is quiet.
+#[test]
+fn a_quiet_websocket_tunnel_outlives_the_idle_connection_bound() {
+    let up = EchoUpstream::start();
+    let kw = start(&up, "limits: {header_read_timeout: 300ms}\n");
+    let mut s = h::connect(kw.addr(), Duration::from_secs(5));
+    s.write_all(
+        format!("GET /ws HTTP/1.1\r\nHost: t\r\n{AUTH_LINE}Connection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let head = h::read_head(&mut s, Duration::from_secs(5));
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"));
+    // Over three times the bound, silent.
+    std::thread::sleep(Duration::from_millis(1000));
+    s.write_all(b"still-here").unwrap();
+    let mut buf = [0u8; 10];
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.read_exact(&mut buf).expect("echo through the quiet tunnel");
+    assert_eq!(&buf, b"still-here");
+}
+
 #[test]
 fn slow_request_heads_are_cut_off_after_header_read_timeout() {
     let up = EchoUpstream::start();
