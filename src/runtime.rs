@@ -5,12 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
+use http::uri::Scheme;
 
 use crate::auth::jwt::{JwtSetupError, JwtVerifier};
 use crate::auth::key::KeyFormat;
 use crate::config::{Config, ConfigErrors};
 use crate::proxy::cors::CorsPolicy;
+use crate::proxy::forward::Origin;
 use crate::proxy::headers::HeaderPolicy;
 use crate::ratelimit::{Limiter, PlanSpec};
 use crate::routes::{RouteTable, ScopeGrants};
@@ -35,8 +36,8 @@ pub struct Runtime {
     pub plans: std::collections::HashMap<String, Arc<PlanSpec>>,
     /// Set by `serve` (it needs the store); `None` for `check-config`.
     pub limiter: Option<Limiter>,
-    pub upstream_scheme: Scheme,
-    pub upstream_authority: Authority,
+    /// `upstream.url`'s scheme and authority (its path is not used).
+    pub upstream: Origin,
     pub request_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_body_bytes: Option<u64>,
@@ -98,8 +99,7 @@ impl Runtime {
             grants: ScopeGrants::new(&config.scopes),
             plans: crate::ratelimit::plans(&config),
             limiter: None,
-            upstream_scheme,
-            upstream_authority,
+            upstream: Origin::new(upstream_scheme, upstream_authority),
             request_timeout: config.upstream.request_timeout,
             max_header_bytes: config.limits.max_header_bytes,
             max_body_bytes: config.limits.max_body_bytes,

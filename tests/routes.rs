@@ -343,6 +343,40 @@ fn an_edited_config_file_is_reloaded_without_a_signal() {
     }));
 }
 
+/// A reload that changes `upstream.url` takes effect for the next request,
+/// although a keep-alive connection to the old upstream sits in the pool.
+#[test]
+fn a_reload_to_another_upstream_url_sends_the_next_requests_there() {
+    // Anonymous requests, with room for the polling below.
+    let yaml = |up: &EchoUpstream| {
+        format!(
+            "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nupstream: {{url: \"{}\"}}\n\
+             store: {{kind: memory, memory: {{keys_file: keys.yaml}}}}\n\
+             plans: {{open: {{limits: [{{window: 1m, max: 100000}}]}}}}\n\
+             rate_limit: {{default_plan: open, anonymous_plan: open}}\nroutes: [{{path: /**, auth: none}}]\n",
+            up.url()
+        )
+    };
+    let old = EchoUpstream::start();
+    let new = EchoUpstream::start();
+    let kw = Keyward::builder().config(&yaml(&old)).file("keys.yaml", KEYS).start();
+    assert_eq!(h::get_blocking(&kw.url("/page"), &[]).status, 200);
+    assert_eq!(old.count(), 1);
+    kw.write_config(&yaml(&new));
+    assert!(
+        support::wait_until(Duration::from_secs(5), || {
+            h::get_blocking(&kw.url("/page"), &[]).status == 200 && new.count() > 0
+        }),
+        "the new upstream never saw a request (old saw {})",
+        old.count()
+    );
+    let before = old.count();
+    for _ in 0..5 {
+        assert_eq!(h::get_blocking(&kw.url("/page"), &[]).status, 200);
+    }
+    assert_eq!(old.count(), before, "requests still went to the old upstream");
+}
+
 #[test]
 fn check_config_names_both_overlapping_routes_and_explain_tells_why() {
     let dir = tempfile::tempdir().expect("tempdir");

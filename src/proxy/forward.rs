@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use super::deny::Deny;
-pub use super::pool::{UpstreamBody, UpstreamClient, UpstreamError};
+pub use super::pool::{Origin, UpstreamBody, UpstreamClient, UpstreamError};
 use crate::config::UpstreamConfig;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;

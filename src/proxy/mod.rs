@@ -627,7 +627,7 @@ impl Proxy {
             let (method, path) = (&parts.method, parts.uri.path());
             signer.sign_request(names, method, path, &mut parts.headers, clock::unix_seconds());
         }
-        parts.uri = upstream_uri(rt, &parts.uri)?;
+        parts.uri = upstream_target(&parts.uri);
         parts.version = Version::HTTP_11;
 
         let (body, tripped) = match rt.max_body_bytes {
@@ -640,8 +640,11 @@ impl Proxy {
         let upstream_req = Request::from_parts(parts, body);
 
         let sent = clock::now();
-        let result =
-            tokio::time::timeout(rt.request_timeout, self.client.request(upstream_req)).await;
+        let result = tokio::time::timeout(
+            rt.request_timeout,
+            self.client.request(&rt.upstream, upstream_req),
+        )
+        .await;
         self.metrics.upstream_duration.observe(sent.elapsed().as_secs_f64());
         let mut resp = match result {
             Err(_elapsed) => return Err(Deny::UpstreamTimeout),
@@ -888,14 +891,9 @@ fn content_length_of(h: &http::HeaderMap) -> Option<u64> {
     h.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
-/// `upstream.url`'s scheme and authority with the client's path and query,
-/// byte for byte (SPEC §3: the path that reaches the upstream is the path
-/// that was matched).
-fn upstream_uri(rt: &Runtime, uri: &Uri) -> Result<Uri, Deny> {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(rt.upstream_scheme.clone());
-    parts.authority = Some(rt.upstream_authority.clone());
-    parts.path_and_query =
-        Some(uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
-    Uri::from_parts(parts).map_err(|_| Deny::BadRequest("The request target is not valid"))
+/// The request target for the upstream: the client's path and query, byte
+/// for byte (SPEC §3: the path that reaches the upstream is the path that
+/// was matched), in origin form. The pool connects to `rt.upstream`.
+fn upstream_target(uri: &Uri) -> Uri {
+    Uri::from(uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")))
 }

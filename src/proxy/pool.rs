@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -69,11 +69,18 @@ struct Idle<B> {
     since: Instant,
 }
 
-/// Scheme and authority of the upstream a connection was made to.
-#[derive(Clone, PartialEq, Eq)]
-struct Origin {
+/// Scheme and authority of `upstream.url`: where a connection goes. Built
+/// once per config (`Runtime::upstream`), compared per checkout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
     scheme: Scheme,
     authority: Authority,
+}
+
+impl Origin {
+    pub fn new(scheme: Scheme, authority: Authority) -> Origin {
+        Origin { scheme, authority }
+    }
 }
 
 /// Why a request got no response from the upstream.
@@ -117,22 +124,20 @@ where
         }
     }
 
-    /// Sends `req`, whose URI is absolute (`upstream.url`'s scheme and
-    /// authority, the path and query to send), on a pooled connection or a
-    /// new one. The upstream sees the origin-form target.
+    /// Sends `req` to `origin` on a pooled connection or a new one. Its
+    /// URI is the origin-form target (path and query), sent as it is.
     pub async fn request(
         &self,
+        origin: &Origin,
         mut req: Request<B>,
     ) -> Result<Response<UpstreamBody<B>>, UpstreamError> {
-        let (origin, target) = split_uri(req.uri())?;
-        *req.uri_mut() = target;
         loop {
-            let (mut conn, pooled) = match self.pool.checkout(&origin) {
+            let (mut conn, pooled) = match self.pool.checkout(origin) {
                 Some(conn) => (conn, true),
-                None => (self.connect(&origin).await?, false),
+                None => (self.connect(origin).await?, false),
             };
             match conn.try_send_request(req).await {
-                Ok(resp) => return Ok(self.pool.track(resp, conn, origin)),
+                Ok(resp) => return Ok(self.pool.track(resp, conn, origin.clone())),
                 Err(mut e) => match e.take_message() {
                     // Nothing was written: the pooled connection had been
                     // closed by the upstream. Another one may take it.
@@ -169,8 +174,9 @@ where
         Ok(conn)
     }
 
-    /// Idle connections now (for tests and metrics).
-    pub fn idle(&self) -> usize {
+    /// Idle connections now.
+    #[cfg(test)]
+    fn idle(&self) -> usize {
         self.pool.lock().len()
     }
 }
@@ -248,17 +254,6 @@ impl<B: Send + 'static> Pool<B> {
             }
         });
     }
-}
-
-/// `scheme://authority/path?query` → the origin to connect to and the
-/// origin-form target to send.
-fn split_uri(uri: &Uri) -> Result<(Origin, Uri), UpstreamError> {
-    let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-        return Err(UpstreamError::Connect("the upstream URI is not absolute".into()));
-    };
-    let origin = Origin { scheme: scheme.clone(), authority: authority.clone() };
-    let target = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Ok((origin, Uri::from(target)))
 }
 
 /// A connection on loan to one response, returned by [`UpstreamBody`].
@@ -434,11 +429,13 @@ mod tests {
         UpstreamClient::new(connector, idle_timeout)
     }
 
+    fn origin(base: &Uri) -> Origin {
+        Origin::new(base.scheme().expect("scheme").clone(), base.authority().expect("host").clone())
+    }
+
     async fn get(client: &UpstreamClient<Empty<Bytes>>, base: &Uri, path: &str) -> String {
-        let req = Request::get(format!("{base}{}", path.trim_start_matches('/')))
-            .body(Empty::new())
-            .expect("request");
-        let resp = client.request(req).await.expect("response");
+        let req = Request::get(path).body(Empty::new()).expect("request");
+        let resp = client.request(&origin(base), req).await.expect("response");
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         String::from_utf8(body.to_vec()).expect("utf-8")
     }
@@ -486,8 +483,8 @@ mod tests {
     async fn a_response_dropped_before_its_end_takes_its_connection_along() {
         let (base, seen) = upstream().await;
         let client = client(Duration::from_secs(60));
-        let req = Request::get(format!("{base}stall")).body(Empty::new()).expect("request");
-        let resp = client.request(req).await.expect("head arrives");
+        let req = Request::get("/stall").body(Empty::new()).expect("request");
+        let resp = client.request(&origin(&base), req).await.expect("head arrives");
         drop(resp);
         // The rest of that body would still be on its connection.
         assert_eq!(get(&client, &base, "/").await, "conn=2");
@@ -534,8 +531,11 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         drop(listener);
         let client = client(Duration::from_secs(60));
-        let req = Request::get(format!("http://{addr}/")).body(Empty::new()).expect("request");
-        let Err(err) = client.request(req).await else { panic!("nothing listens there") };
+        let base: Uri = format!("http://{addr}").parse().expect("uri");
+        let req = Request::get("/").body(Empty::new()).expect("request");
+        let Err(err) = client.request(&origin(&base), req).await else {
+            panic!("nothing listens there")
+        };
         assert!(err.is_connect(), "{err}");
     }
 }
