@@ -20,7 +20,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,7 +31,7 @@ use keyward::store::events::spawn_subscriber_on;
 use keyward::store::{KeyHash, KeyRecord, KeyStore, RedisStore, Store, StoreError};
 use support::cluster::RedisCluster;
 use support::http::{self as h, Response};
-use support::keyward::Keyward;
+use support::keyward::{cli, Cfg, Keyward};
 use support::upstream::EchoUpstream;
 use support::wait_until_async;
 use tokio::sync::{mpsc, watch};
@@ -257,16 +256,7 @@ async fn wait_for_bucket_room(cluster: &RedisCluster) {
     }
 }
 
-/// A config file for `keys` commands and `serve`, in its own temp dir.
-struct Cfg {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    yaml: String,
-}
-
 fn cluster_cfg(up: &EchoUpstream, nodes_yaml: &str, extra: &str) -> Cfg {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("keyward.yaml");
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nupstream: {{url: \"{}\"}}\n\
          store: {{kind: redis, redis: {{cluster_nodes: {nodes_yaml}, timeout: 2s}}, stale_ttl: 5m}}\n\
@@ -277,14 +267,7 @@ fn cluster_cfg(up: &EchoUpstream, nodes_yaml: &str, extra: &str) -> Cfg {
          routes: [{{path: /**}}]\n{extra}",
         up.url()
     );
-    std::fs::write(&path, &yaml).expect("write config");
-    Cfg { _dir: dir, path, yaml }
-}
-
-fn cli(cfg: &Cfg, args: &[&str]) -> Output {
-    let mut all = vec!["keys", "--config", cfg.path.to_str().expect("utf-8 path")];
-    all.extend_from_slice(args);
-    support::keyward::run(&all)
+    Cfg::new(yaml)
 }
 
 fn ok_json(out: &Output, what: &str) -> serde_json::Value {

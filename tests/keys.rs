@@ -5,34 +5,16 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use support::http::{self as h, Response};
-use support::keyward::Keyward;
+use support::keyward::{cli, Cfg, Keyward};
 use support::redis::RedisServer;
 use support::upstream::EchoUpstream;
 
-/// A config file for `keys` commands and `serve`, in its own temp dir.
-struct Cfg {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    yaml: String,
-}
-
 fn redis_cfg(up: &EchoUpstream, redis: &RedisServer, extra: &str) -> Cfg {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("keyward.yaml");
     let yaml = format!("{}{extra}", support::redis_config_yaml(&up.url(), &redis.url()));
-    std::fs::write(&path, &yaml).expect("write config");
-    Cfg { _dir: dir, path, yaml }
-}
-
-fn cli(cfg: &Cfg, args: &[&str]) -> Output {
-    let mut all = vec!["keys", "--config", cfg.path.to_str().expect("utf-8 path")];
-    all.extend_from_slice(args);
-    support::keyward::run(&all)
+    Cfg::new(yaml)
 }
 
 /// `keys create --json` → (id, key).

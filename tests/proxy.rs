@@ -315,18 +315,24 @@ async fn http2_prior_knowledge_is_served_and_forwarded_as_http11() {
     assert_eq!(rec.header("host"), Some(kw.addr().to_string().as_str()), "authority becomes Host");
 }
 
-#[test]
-fn websocket_upgrade_is_tunnelled_after_upstream_101() {
-    let up = EchoUpstream::start();
-    let kw = start(&up, "");
+/// Sends an authorised WebSocket upgrade for `/ws`; the stream and the
+/// response head.
+fn open_websocket(kw: &Keyward) -> (std::net::TcpStream, String) {
     let mut s = h::connect(kw.addr(), Duration::from_secs(5));
     s.write_all(
         format!("GET /ws HTTP/1.1\r\nHost: t\r\n{AUTH_LINE}Connection: Upgrade\r\nUpgrade: websocket\r\n\
           Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").as_bytes(),
     )
-    .unwrap();
+    .expect("send the upgrade");
     let head = h::read_head(&mut s, Duration::from_secs(5));
-    let head = String::from_utf8_lossy(&head).to_string();
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+#[test]
+fn websocket_upgrade_is_tunnelled_after_upstream_101() {
+    let up = EchoUpstream::start();
+    let kw = start(&up, "");
+    let (mut s, head) = open_websocket(&kw);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
     s.write_all(b"ping-through-the-tunnel").unwrap();
@@ -345,14 +351,8 @@ fn websocket_upgrade_is_tunnelled_after_upstream_101() {
 fn a_quiet_websocket_tunnel_outlives_the_idle_connection_bound() {
     let up = EchoUpstream::start();
     let kw = start(&up, "limits: {header_read_timeout: 300ms}\n");
-    let mut s = h::connect(kw.addr(), Duration::from_secs(5));
-    s.write_all(
-        format!("GET /ws HTTP/1.1\r\nHost: t\r\n{AUTH_LINE}Connection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").as_bytes(),
-    )
-    .unwrap();
-    let head = h::read_head(&mut s, Duration::from_secs(5));
-    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"));
+    let (mut s, head) = open_websocket(&kw);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // Over three times the bound, silent.
     std::thread::sleep(Duration::from_millis(1000));
     s.write_all(b"still-here").unwrap();

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::redis::{spawn_redis_server, RespConn, RespValue};
+use super::redis::{respawn, spawn_redis_server, RespConn, RespValue};
 use super::{free_port, loopback, ReservedPort};
 
 /// How long a node gets to answer PING after spawning.
@@ -116,19 +116,10 @@ impl ClusterNode {
     pub fn restart(&mut self) {
         self.kill();
         self.reserved = None;
-        let deadline = Instant::now() + 2 * NODE_START_TIMEOUT;
-        let mut last_error = String::new();
-        while Instant::now() < deadline {
-            match spawn(self.port, self.bus_port, self.dir.path()) {
-                Ok(child) => {
-                    self.child = Some(child);
-                    return;
-                }
-                Err(e) => last_error = e,
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("cluster node did not restart on port {}: {last_error}", self.port);
+        let (port, bus_port, dir) = (self.port, self.bus_port, self.dir.path());
+        let respawned =
+            respawn("cluster node", port, 2 * NODE_START_TIMEOUT, || spawn(port, bus_port, dir));
+        self.child = Some(respawned);
     }
 
     pub fn log(&self) -> String {

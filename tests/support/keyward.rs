@@ -484,6 +484,29 @@ fn clean_env(cmd: &mut Command, envs: &[(String, String)]) {
     }
 }
 
+/// A config file for `keys` commands and `serve`, in its own temp dir.
+pub struct Cfg {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub yaml: String,
+}
+
+impl Cfg {
+    pub fn new(yaml: String) -> Cfg {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keyward.yaml");
+        std::fs::write(&path, &yaml).expect("write config");
+        Cfg { _dir: dir, path, yaml }
+    }
+}
+
+/// `keyward keys --config <cfg> ARGS…` to completion.
+pub fn cli(cfg: &Cfg, args: &[&str]) -> Output {
+    let mut all = vec!["keys", "--config", cfg.path.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
 /// `keyward ARGS…` to completion (30 s bound), e.g. `check-config`.
 pub fn run(args: &[&str]) -> Output {
     run_with(args, &[])

@@ -123,19 +123,8 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         self.reserved = None;
-        let deadline = Instant::now() + 2 * START_TIMEOUT;
-        let mut last_error = String::new();
-        while Instant::now() < deadline {
-            match spawn(self.port, self.dir.path()) {
-                Ok(child) => {
-                    self.child = Some(child);
-                    return;
-                }
-                Err(e) => last_error = e,
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not restart on port {}: {last_error}", self.port);
+        let (port, dir) = (self.port, self.dir.path());
+        self.child = Some(respawn("redis-server", port, 2 * START_TIMEOUT, || spawn(port, dir)));
     }
 
     /// One command on a fresh connection. A Redis error reply is an `Err`
@@ -216,6 +205,27 @@ impl Drop for RedisServer {
 /// counts). On failure the child is killed and its log returned.
 fn spawn(port: u16, dir: &Path) -> Result<Child, String> {
     spawn_redis_server(port, dir, &[], START_TIMEOUT)
+}
+
+/// Starts a server again on `port` (a restart after a kill): tries
+/// `spawn` until it comes up, for at most `within`, since the killed one's
+/// port can take a moment to free. Panics naming `what` and the last error.
+pub fn respawn(
+    what: &str,
+    port: u16,
+    within: Duration,
+    mut spawn: impl FnMut() -> Result<Child, String>,
+) -> Child {
+    let deadline = Instant::now() + within;
+    let mut last_error = String::new();
+    while Instant::now() < deadline {
+        match spawn() {
+            Ok(child) => return child,
+            Err(e) => last_error = e,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not restart on port {port}: {last_error}");
 }
 
 /// Starts `redis-server` on 127.0.0.1:`port` with `dir` as its working
