@@ -64,6 +64,22 @@ pub enum PathRejection {
 }
 
 impl PathRejection {
+    /// Every reason, in declaration order (tests and fuzz targets walk them).
+    pub const ALL: [PathRejection; 12] = [
+        PathRejection::NotAbsolute,
+        PathRejection::DotSegment,
+        PathRejection::EmptySegment,
+        PathRejection::EncodedSlash,
+        PathRejection::Backslash,
+        PathRejection::Nul,
+        PathRejection::BadPercent,
+        PathRejection::DoubleEncoding,
+        PathRejection::Semicolon,
+        PathRejection::Control,
+        PathRejection::Fragment,
+        PathRejection::NonAscii,
+    ];
+
     /// One sentence for the problem+json `detail` of the 400.
     pub fn detail(self) -> &'static str {
         match self {
@@ -559,20 +575,7 @@ mod tests {
 
     #[test]
     fn every_rejection_has_a_sentence_and_a_name() {
-        let all = [
-            PathRejection::NotAbsolute,
-            PathRejection::DotSegment,
-            PathRejection::EmptySegment,
-            PathRejection::EncodedSlash,
-            PathRejection::Backslash,
-            PathRejection::Nul,
-            PathRejection::BadPercent,
-            PathRejection::DoubleEncoding,
-            PathRejection::Semicolon,
-            PathRejection::Control,
-            PathRejection::Fragment,
-            PathRejection::NonAscii,
-        ];
+        let all = PathRejection::ALL;
         for r in all {
             assert!(r.detail().starts_with("The "), "{r:?}");
             assert!(!r.detail().ends_with('.'), "{r:?}");
