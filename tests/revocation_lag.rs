@@ -119,3 +119,58 @@ async fn a_revoke_reaches_three_replicas_under_load_within_1s_and_the_lag_is_mea
         );
     }
 }
+
+/// Without events (a change written straight to Redis, as another system
+/// provisioning keys might, SPEC §4), the cache `ttl` bounds how long an old
+/// record is served. A key in steady use is looked up again in the
+/// background late in each `ttl` (refresh ahead): after the first request
+/// no request waits for the store, and the change still shows within one
+/// `ttl`.
+#[tokio::test]
+async fn a_key_in_steady_use_is_refreshed_in_the_background_and_never_misses_again() {
+    let (up, redis) = (EchoUpstream::start(), RedisServer::start());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("keyward.yaml");
+    let yaml = format!(
+        "{}keys: {{cache: {{ttl: 1s}}}}\n\
+         plans: {{free: {{limits: [{{window: 1s, max: 10000}}]}}, anonymous: {{limits: [{{window: 1s, max: 100}}]}}}}\n",
+        support::redis_config_yaml(&up.url(), &redis.url())
+    );
+    std::fs::write(&config, &yaml).expect("write config");
+    let out =
+        cli(&config, &["create", "--owner", "acme", "--name", "r", "--scopes", "a", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let key = created["key"].as_str().expect("key").to_owned();
+    let record = format!("keyward:key:{}", keyward::store::KeyHash::of(&key).to_hex());
+    let kw = Keyward::start(&yaml);
+    let cache = |result: &str| {
+        support::metrics::sum(&kw.metrics(), "keyward_key_cache_total", &[("result", result)])
+            .unwrap_or(0.0)
+    };
+    let auth = format!("Bearer {key}");
+    let scopes_seen = || up.last().and_then(|r| r.header("x-keyward-scopes").map(str::to_owned));
+
+    let r = h::get(&kw.url("/v1/jobs/1"), &[("Authorization", &auth)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(scopes_seen().as_deref(), Some("a"));
+    // Changed behind keyward's back: no invalidate event.
+    redis.cmd(&["HSET", &record, "scopes", "a b"]).expect("HSET");
+
+    // One request every 100 ms for 3.5 ttl.
+    let started = Instant::now();
+    let mut changed_after = None;
+    while started.elapsed() < Duration::from_millis(3_500) {
+        let r = h::get(&kw.url("/v1/jobs/1"), &[("Authorization", &auth)]).await;
+        assert_eq!(r.status, 200);
+        if changed_after.is_none() && scopes_seen().as_deref() == Some("a b") {
+            changed_after = Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let changed_after = changed_after.expect("the changed scopes reached the upstream");
+    assert!(changed_after < Duration::from_millis(1_200), "old record served {changed_after:?}");
+    assert_eq!(cache("miss"), 1.0, "only the very first request asked the store itself");
+    let refreshes = cache("refresh");
+    assert!((3.0..=5.0).contains(&refreshes), "{refreshes} background refreshes in 3.5 s");
+}

@@ -3,13 +3,9 @@
 //! One per process, shared by the proxy, the invalidation subscriber and
 //! the last-used flusher.
 //!
-//! Revocation race: a lookup that started before a revoke can return the
-//! pre-revoke record after the `invalidate` event has already evicted the
-//! (absent) entry; caching that answer would keep a revoked key valid for a
-//! whole `ttl`. Every eviction bumps `generation`, and a lookup caches its
-//! answer only if the generation is unchanged since it started.
+//! A lookup caches the store's answer only if nothing was evicted while it
+//! was asking (the revocation race, see `store::cache`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,7 +25,6 @@ pub enum Found {
 pub struct Keyring {
     pub store: Store,
     pub cache: KeyCache,
-    generation: AtomicU64,
     /// Every eviction, for long-lived WebSocket tunnels to re-check their
     /// key (SPEC §10); `None` = "re-check everything" (after a reconnect).
     changes: tokio::sync::broadcast::Sender<Option<KeyHash>>,
@@ -43,7 +38,6 @@ impl Keyring {
         Keyring {
             store,
             cache: KeyCache::from_config(&config.keys, &config.store),
-            generation: AtomicU64::new(0),
             changes: tokio::sync::broadcast::channel(1024).0,
             recheck_every: config.keys.cache.ttl,
         }
@@ -86,7 +80,6 @@ impl Keyring {
 
     /// Drops one key's cache entry (an `invalidate` event).
     pub fn invalidate(&self, hash: &KeyHash) -> bool {
-        self.generation.fetch_add(1, Ordering::SeqCst);
         let _ = self.changes.send(Some(*hash));
         self.cache.invalidate(hash)
     }
@@ -97,25 +90,42 @@ impl Keyring {
     /// instead of becoming a 503 for the second or so in between. Open
     /// tunnels re-check their keys.
     pub fn recheck_all(&self, now: Instant) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
         let _ = self.changes.send(None);
         self.cache.expire_all(now);
     }
 
     /// Drops every cache entry (events may have been missed).
     pub fn clear(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
         let _ = self.changes.send(None);
         self.cache.clear();
     }
 
     /// Cache first; on a miss (or a stale entry) exactly one store lookup.
     /// During an outage a stale positive entry is served (`stale_ttl`);
-    /// unknown keys are never served stale (SPEC §2 failure_mode closed).
-    pub async fn lookup(&self, hash: &KeyHash, now: Instant, metrics: &Metrics) -> Found {
+    /// unknown keys are never served stale (SPEC §2 failure_mode closed). A
+    /// hit late in its entry's `ttl` also starts one lookup in the background
+    /// (refresh ahead, see `store::cache`), so the next requests find a fresh
+    /// entry instead of waiting for the store.
+    pub async fn lookup(
+        self: &Arc<Self>,
+        hash: &KeyHash,
+        now: Instant,
+        metrics: &Arc<Metrics>,
+    ) -> Found {
         let stale = match self.cache.get(hash, now) {
             Lookup::Fresh(Cached::Found(r)) => {
                 metrics.key_cache.with_label_values(&["hit"]).inc();
+                return Found::Key(r);
+            }
+            Lookup::Refresh(r) => {
+                metrics.key_cache.with_label_values(&["hit"]).inc();
+                metrics.key_cache.with_label_values(&["refresh"]).inc();
+                let (keyring, metrics, hash) = (self.clone(), metrics.clone(), *hash);
+                // The entry stays fresh until its `ttl`; should this fail,
+                // the first request after that asks the store itself.
+                tokio::spawn(async move {
+                    let _ = keyring.fetch(&hash, crate::clock::now(), &metrics).await;
+                });
                 return Found::Key(r);
             }
             Lookup::Fresh(Cached::Unknown) => {
@@ -126,24 +136,44 @@ impl Keyring {
             Lookup::Stale(Cached::Unknown) | Lookup::Miss => None,
         };
         metrics.key_cache.with_label_values(&["miss"]).inc();
-        let generation = self.generation.load(Ordering::SeqCst);
-        let answer = self.store.get(hash).await;
-        let current = self.generation.load(Ordering::SeqCst) == generation;
-        match answer {
+        match self.fetch(hash, now, metrics).await {
+            Ok(Some(record)) => Found::Key(record),
+            Ok(None) => Found::Unknown,
+            Err(e) => match stale {
+                Some(r) if e.is_outage() => {
+                    metrics.key_cache.with_label_values(&["stale"]).inc();
+                    Found::Key(r)
+                }
+                _ => Found::Unavailable,
+            },
+        }
+    }
+
+    /// One store lookup of `hash`, its answer cached as of `now` (unless an
+    /// eviction overlapped it), `keyward_store_up` and the error metrics kept.
+    async fn fetch(
+        &self,
+        hash: &KeyHash,
+        now: Instant,
+        metrics: &Metrics,
+    ) -> Result<Option<Arc<CachedKey>>, StoreError> {
+        let generation = self.cache.generation();
+        match self.store.get(hash).await {
             Ok(Some(record)) => {
                 metrics.store_up.set(1);
                 let record = Arc::new(CachedKey::new(&record));
-                if current {
-                    self.cache.insert(*hash, Cached::Found(record.clone()), now);
-                }
-                Found::Key(record)
+                self.cache.insert_unless_changed(
+                    *hash,
+                    Cached::Found(record.clone()),
+                    now,
+                    generation,
+                );
+                Ok(Some(record))
             }
             Ok(None) => {
                 metrics.store_up.set(1);
-                if current {
-                    self.cache.insert(*hash, Cached::Unknown, now);
-                }
-                Found::Unknown
+                self.cache.insert_unless_changed(*hash, Cached::Unknown, now, generation);
+                Ok(None)
             }
             Err(e) => {
                 metrics.store_errors.with_label_values(&["get"]).inc();
@@ -154,13 +184,7 @@ impl Keyring {
                 if e.is_outage() {
                     metrics.store_up.set(0);
                 }
-                match stale {
-                    Some(r) if e.is_outage() => {
-                        metrics.key_cache.with_label_values(&["stale"]).inc();
-                        Found::Key(r)
-                    }
-                    _ => Found::Unavailable,
-                }
+                Err(e)
             }
         }
     }
