@@ -404,6 +404,33 @@ async fn touch_last_used_updates_known_keys_and_never_creates_a_hash() {
     store.touch_last_used(&[]).await.expect("empty batch");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_counts_add_up_per_day_over_chunks_and_keep_35_days() {
+    let server = RedisServer::start();
+    let store = store_for(&server).await;
+    // More ids than one script call takes, over two days (a flush around
+    // UTC midnight), sent twice.
+    let ids: Vec<String> = (0..250).map(|i| format!("key_u{i}")).collect();
+    let mut deltas: Vec<(String, u32, u64)> =
+        ids.iter().enumerate().map(|(i, id)| (id.clone(), 20_000, i as u64 + 1)).collect();
+    deltas.push((ids[7].clone(), 20_001, 5));
+    store.add_usage(&deltas).await.expect("add usage");
+    store.add_usage(&deltas).await.expect("add usage again");
+    store.add_usage(&[]).await.expect("empty batch");
+    for (i, id) in ids.iter().enumerate() {
+        let want = if i == 7 { vec![16, 10] } else { vec![2 * (i as u64 + 1), 0] };
+        assert_eq!(store.usage(id, &[20_000, 20_001]).await.expect("usage"), want, "{id}");
+    }
+    let key = format!("{PREFIX}usage:{}", ids[249]);
+    assert_eq!(
+        server.hgetall(&key).into_iter().collect::<Vec<_>>(),
+        vec![("2024-10-04".to_owned(), "500".to_owned())],
+        "one field per UTC day (day 20,000 is 2024-10-04)"
+    );
+    let ttl = server.cmd(&["TTL", &key]).expect("TTL").as_int().expect("int");
+    assert!((35 * 86_400 - 60..=35 * 86_400).contains(&ttl), "TTL {ttl}");
+}
+
 /// `(client id, last command)` of every client but the asking one.
 fn clients(server: &RedisServer) -> Vec<(String, String)> {
     let list = server.cmd(&["CLIENT", "LIST"]).expect("client list");
