@@ -3,8 +3,8 @@
 //! One per process, shared by the proxy, the invalidation subscriber and
 //! the last-used flusher.
 //!
-//! A lookup caches the store's answer only if nothing was evicted while it
-//! was asking (the revocation race, see `store::cache`).
+//! A lookup caches the store's answer only if nothing was invalidated while
+//! it was asking (the revocation race, see `store::cache`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -150,7 +150,7 @@ impl Keyring {
     }
 
     /// One store lookup of `hash`, its answer cached as of `now` (unless an
-    /// eviction overlapped it), `keyward_store_up` and the error metrics kept.
+    /// invalidation overlapped it), `keyward_store_up` and the error metrics kept.
     async fn fetch(
         &self,
         hash: &KeyHash,

@@ -17,10 +17,12 @@
 //!
 //! Revocation race: a lookup that started before a revoke can return the
 //! pre-revoke record after the `invalidate` has already run; caching that
-//! answer would keep a revoked key valid for a whole `ttl`. Every eviction
-//! bumps a generation first, and [`KeyCache::insert_unless_changed`] checks
-//! it under the shard lock the eviction takes too, so the answer of a lookup
-//! that overlapped any eviction is never cached.
+//! answer would keep a revoked key valid for a whole `ttl`. Every
+//! invalidation ([`KeyCache::invalidate`], `clear`, `expire_all`; not the
+//! eviction that makes room) bumps a generation first, and
+//! [`KeyCache::insert_unless_changed`] checks it under the shard lock the
+//! invalidation takes too, so the answer of a lookup that overlapped any
+//! invalidation is never cached.
 //!
 //! The cache is also where the request path records key use until the next
 //! flush: each held [`CachedKey`] counts its own requests and due
@@ -111,7 +113,7 @@ pub struct KeyCache {
     negative_ttl: Duration,
     /// `ttl + stale_ttl`: how long a positive entry is kept at all.
     found_kept: Duration,
-    /// Bumped by every eviction, before its shard locks (see the module
+    /// Bumped by every invalidation, before its shard locks (see the module
     /// docs, revocation race).
     generation: AtomicU64,
     /// Places taken, in all shards: the entries held, plus, for a moment,
@@ -135,8 +137,8 @@ pub struct KeyCache {
 struct Entry {
     /// `None`: the store has no such key.
     key: Option<Arc<CachedKey>>,
-    /// When inserted, on the scale of [`KeyCache::nanos`] (always even), with
-    /// the [`REFRESHING`] flag in its lowest bit.
+    /// When inserted, on the scale of [`KeyCache::nanos`], but for the
+    /// lowest bit, which is the [`REFRESHING`] flag.
     inserted: u64,
 }
 
@@ -234,13 +236,13 @@ impl KeyCache {
         }
     }
 
-    /// The eviction generation, for [`Self::insert_unless_changed`]: read
+    /// The invalidation generation, for [`Self::insert_unless_changed`]: read
     /// it before asking the store.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// [`Self::insert`], unless anything was evicted since `generation`
+    /// [`Self::insert`], unless anything was invalidated since `generation`
     /// was read (see the module docs, revocation race). True if inserted.
     pub fn insert_unless_changed(
         &self,
@@ -273,7 +275,7 @@ impl KeyCache {
         };
         let now = self.nanos(now);
         let mut shard = self.lock(&hash);
-        // Under the shard lock, which an eviction takes after bumping the
+        // Under the shard lock, which an invalidation takes after bumping the
         // generation: either it sees this insert and removes it, or this
         // sees its bump.
         if generation.is_some_and(|g| g != self.generation.load(Ordering::SeqCst)) {
