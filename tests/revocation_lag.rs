@@ -128,22 +128,13 @@ async fn a_revoke_reaches_three_replicas_under_load_within_1s_and_the_lag_is_mea
 /// `ttl`.
 #[tokio::test]
 async fn a_key_in_steady_use_is_refreshed_in_the_background_and_never_misses_again() {
-    let (up, redis) = (EchoUpstream::start(), RedisServer::start());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("keyward.yaml");
-    let yaml = format!(
-        "{}keys: {{cache: {{ttl: 2s}}}}\n\
-         plans: {{free: {{limits: [{{window: 1s, max: 10000}}]}}, anonymous: {{limits: [{{window: 1s, max: 100}}]}}}}\n",
-        support::redis_config_yaml(&up.url(), &redis.url())
+    let s = support::stack::RedisStack::start(
+        "keys: {cache: {ttl: 2s}}\n\
+         plans: {free: {limits: [{window: 1s, max: 10000}]}, anonymous: {limits: [{window: 1s, max: 100}]}}\n",
     );
-    std::fs::write(&config, &yaml).expect("write config");
-    let out =
-        cli(&config, &["create", "--owner", "acme", "--name", "r", "--scopes", "a", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let key = created["key"].as_str().expect("key").to_owned();
+    let (redis, up, kw) = (&s.redis, &s.up, &s.kw);
+    let (_, key) = s.cli_key("acme", "r", "a");
     let record = format!("keyward:key:{}", keyward::store::KeyHash::of(&key).to_hex());
-    let kw = Keyward::start(&yaml);
     let cache = |result: &str| {
         support::metrics::sum(&kw.metrics(), "keyward_key_cache_total", &[("result", result)])
             .unwrap_or(0.0)
