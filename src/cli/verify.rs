@@ -21,7 +21,7 @@ pub struct VerifyArgs {
     /// The path the upstream received (a query string is ignored, as in signing).
     #[arg(long)]
     pub path: String,
-    /// The signature header's value: t=<unix s>,v1=<hex>.
+    /// The signature header's value: `t=<unix s>,v1=<hex>`.
     #[arg(long)]
     pub signature: String,
     /// An identity header the upstream received, as 'Name: value' (repeat;

@@ -16,7 +16,7 @@
 //!   (`{p}rl:{authfail:<group>}:failed_attempts:<window_s>:<bucket>`). The
 //!   failure that spends the last unit, or one the script refuses to count
 //!   because the counter is already full (another replica filled it), tells
-//!   this replica the IP is locked, and for how long: [`Decision::next_wait_ms`],
+//!   this replica the IP is locked, and for how long: [`Decision::next_wait_ms`](crate::ratelimit::Decision::next_wait_ms),
 //!   the sliding window's exact wait until one more attempt fits.
 //! - **Checking is local.** The lockout itself is a small map in this
 //!   process, "IP group → locked until T". A request that presents a

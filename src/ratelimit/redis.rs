@@ -28,7 +28,7 @@
 //! the admission, the server time as `TIME` gave it, and every window's
 //! counters as they were before this request. [`parse_reply`] reads it
 //! (anything else is a `StoreError::Invalid`, never a panic), and
-//! [`Decision::from_counts`] derives remaining, reset and Retry-After with
+//! `Decision::from_counts` derives remaining, reset and Retry-After with
 //! `window.rs`, the one implementation of that math. The admission itself
 //! is the script's (it is what was counted).
 //!

@@ -5,12 +5,12 @@
 //!
 //! Every connection must start a request within `header_read_timeout`
 //! (slowloris): hyper bounds an HTTP/1 head once it is reading one, and
-//! [`FirstBytesDeadline`] bounds the wait before that, while the auto
+//! `FirstBytesDeadline` bounds the wait before that, while the auto
 //! builder is still telling HTTP/1 from the HTTP/2 preface.
 //!
 //! An idle connection is closed after the same `header_read_timeout`:
 //! hyper's header timer already does this for an HTTP/1.1 keep-alive
-//! connection waiting for its next request, and [`Activity`] does it for
+//! connection waiting for its next request, and `Activity` does it for
 //! every connection with no request in flight, which is what bounds idle
 //! HTTP/2 connections (hyper has no idle timeout for those, and its
 //! keep-alive pings are answered by any live client, so without this a

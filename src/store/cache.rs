@@ -26,7 +26,7 @@
 //!
 //! The cache is also where the request path records key use until the next
 //! flush: each held [`CachedKey`] counts its own requests and due
-//! `last_used_at` write ([`KeyCache::note_use`]); what a dropped key still
+//! `last_used_at` write ([`KeyCache::touch_use`], [`KeyCache::count_use`]); what a dropped key still
 //! held, and the uses of keys the cache does not hold, go to two small
 //! spill maps ([`Usage`], [`LastUsed`]). [`KeyCache::drain_pending`] takes
 //! all of it for the flusher.
@@ -35,7 +35,7 @@
 //! entry is its 32-byte hash, an `Option<Arc<CachedKey>>` and a 64-bit age,
 //! in an [`IndexMap`] per shard (56 bytes a key in the entry vector plus
 //! about 10 in the index). When the cache is full, the entry to evict is
-//! chosen by sampling, as Redis does for `maxmemory`: of [`SAMPLE`] random
+//! chosen by sampling, as Redis does for `maxmemory`: of `SAMPLE` (8) random
 //! entries of the shard, an expired one, else the oldest. That needs no
 //! per-entry queue or list links (the FIFO queues this replaced cost 40
 //! bytes a key more), and unlike FIFO it does not thrash when the working
