@@ -1297,8 +1297,9 @@ impl KeyStore for RedisStore {
         for chunk in batch.chunks(BATCH) {
             let counts = chunk.iter().map(|(id, day, n)| (self.usage_key(id), (*day, *n)));
             let calls = self.eval_per_slot(USAGE_LUA, Some(ttl), counts, |cmd, (day, n)| {
-                let date = dates.iter().find(|(d, _)| d == day).map(|(_, date)| date.as_str());
-                cmd.arg(date.unwrap_or_default()).arg(*n);
+                let (_, date) =
+                    dates.iter().find(|(d, _)| d == day).expect("every day of the batch is dated");
+                cmd.arg(date).arg(*n);
             });
             self.run_batch::<Value>(Op::Usage, &calls).await?;
         }
