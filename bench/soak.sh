@@ -99,4 +99,6 @@ while kill -0 "$WRK" 2>/dev/null; do
   sample "$t" "$note"
 done
 grep SOAKDONE "$TMP/wrk.out" || cat "$TMP/wrk.out"
-curl -s --max-time 5 "http://127.0.0.1:$P_ADMIN/metrics" | grep -E '^keyward_requests_total' | sort
+curl -s --max-time 5 "http://127.0.0.1:$P_ADMIN/metrics" | grep -E '^keyward_(requests|key_cache)_total' | sort
+echo "# Redis commands since its last restart:"
+redis-cli -p "$P_REDIS" INFO commandstats | grep -E '^cmdstat_(hgetall|evalsha|eval):' | cut -d, -f1

@@ -166,3 +166,60 @@ async fn a_key_in_steady_use_is_refreshed_in_the_background_and_never_misses_aga
     let refreshes = cache("refresh");
     assert!((2.0..=4.0).contains(&refreshes), "{refreshes} background refreshes in 5 s");
 }
+
+/// Concurrent misses of one key share one store lookup: ten requests with
+/// an uncached key, all in flight while Redis is busy, cost Redis one
+/// `HGETALL`, and each gets the key's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_of_one_key_send_the_store_one_lookup() {
+    let (up, redis) = (EchoUpstream::start(), RedisServer::start());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("keyward.yaml");
+    // A timeout well over the stall below.
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nupstream: {{url: \"{}\"}}\n\
+         store: {{kind: redis, redis: {{url: \"{}\", timeout: 3s}}}}\nroutes: [{{path: /**}}]\n\
+         plans: {{free: {{limits: [{{window: 1s, max: 10000}}]}}, anonymous: {{limits: [{{window: 1s, max: 100}}]}}}}\n",
+        up.url(),
+        redis.url()
+    );
+    std::fs::write(&config, &yaml).expect("write config");
+    let out = cli(&config, &["create", "--owner", "acme", "--name", "burst", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let auth = format!("Bearer {}", created["key"].as_str().expect("key"));
+    let kw = Keyward::start(&yaml);
+    redis.cmd(&["CONFIG", "RESETSTAT"]).expect("RESETSTAT");
+
+    // Redis runs a 600 ms script; the requests queue behind it.
+    let mut busy = redis.connect().expect("connect");
+    let stall = std::thread::spawn(move || {
+        busy.cmd(&[
+            "EVAL",
+            "local t = redis.call('TIME') local stop = t[1] * 1e6 + t[2] + 600000 \
+                 repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] >= stop return 0",
+            "0",
+        ])
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let requests: Vec<_> = (0..10)
+        .map(|_| {
+            let (url, auth) = (kw.url("/v1/jobs/1"), auth.clone());
+            tokio::spawn(
+                async move { h::get(&url, &[("Authorization", auth.as_str())]).await.status },
+            )
+        })
+        .collect();
+    for r in requests {
+        assert_eq!(r.await.expect("request"), 200);
+    }
+    stall.join().expect("stall thread").expect("the busy script ran");
+    let stats = redis.cmd(&["INFO", "commandstats"]).expect("INFO");
+    let stats = stats.as_str().expect("bulk string").to_owned();
+    let hgetall = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_hgetall:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert_eq!(hgetall, Some(1), "{stats}");
+}

@@ -4,9 +4,11 @@
 //! the last-used flusher.
 //!
 //! A lookup caches the store's answer only if nothing was invalidated while
-//! it was asking (the revocation race, see `store::cache`).
+//! it was asking (the revocation race, see `store::cache`). Concurrent
+//! misses of one key share one store lookup.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use crate::config::Config;
@@ -22,9 +24,19 @@ pub enum Found {
     Unavailable,
 }
 
+type Fetched = Result<Option<Arc<CachedKey>>, StoreError>;
+type InFlight = tokio::sync::OnceCell<Fetched>;
+
 pub struct Keyring {
     pub store: Store,
     pub cache: KeyCache,
+    /// Store lookups of the request path in flight, by key hash: a request
+    /// that misses while another is already asking about the same key waits
+    /// for that answer. Without it, a burst of requests with one key whose
+    /// entry had expired sent Redis one `HGETALL` each (`bench/soak.sh`
+    /// sends such bursts). An invalidation takes the key out, so a request
+    /// after a revoke never gets the answer of a lookup from before it.
+    inflight: Mutex<HashMap<KeyHash, Arc<InFlight>>>,
     /// Every eviction, for long-lived WebSocket tunnels to re-check their
     /// key (SPEC §10); `None` = "re-check everything" (after a reconnect).
     changes: tokio::sync::broadcast::Sender<Option<KeyHash>>,
@@ -38,6 +50,7 @@ impl Keyring {
         Keyring {
             store,
             cache: KeyCache::from_config(&config.keys, &config.store),
+            inflight: Mutex::new(HashMap::new()),
             changes: tokio::sync::broadcast::channel(1024).0,
             recheck_every: config.keys.cache.ttl,
         }
@@ -80,6 +93,7 @@ impl Keyring {
 
     /// Drops one key's cache entry (an `invalidate` event).
     pub fn invalidate(&self, hash: &KeyHash) -> bool {
+        self.inflight().remove(hash);
         let _ = self.changes.send(Some(*hash));
         self.cache.invalidate(hash)
     }
@@ -90,12 +104,14 @@ impl Keyring {
     /// instead of becoming a 503 for the second or so in between. Open
     /// tunnels re-check their keys.
     pub fn recheck_all(&self, now: Instant) {
+        self.inflight().clear();
         let _ = self.changes.send(None);
         self.cache.expire_all(now);
     }
 
     /// Drops every cache entry (events may have been missed).
     pub fn clear(&self) {
+        self.inflight().clear();
         let _ = self.changes.send(None);
         self.cache.clear();
     }
@@ -136,7 +152,7 @@ impl Keyring {
             Lookup::Stale(Cached::Unknown) | Lookup::Miss => None,
         };
         metrics.key_cache.with_label_values(&["miss"]).inc();
-        match self.fetch(hash, now, metrics).await {
+        match self.fetch_shared(hash, now, metrics).await {
             Ok(Some(record)) => Found::Key(record),
             Ok(None) => Found::Unknown,
             Err(e) => match stale {
@@ -149,14 +165,29 @@ impl Keyring {
         }
     }
 
+    /// [`Self::fetch`], or the answer of the one already in flight for
+    /// `hash` (see `inflight`).
+    async fn fetch_shared(&self, hash: &KeyHash, now: Instant, metrics: &Metrics) -> Fetched {
+        let cell = self.inflight().entry(*hash).or_default().clone();
+        // Should the request that is asking be dropped meanwhile, one of
+        // those waiting asks instead (`OnceCell` hands the init over).
+        let answer = cell.get_or_init(|| self.fetch(hash, now, metrics)).await.clone();
+        let mut inflight = self.inflight();
+        if inflight.get(hash).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            inflight.remove(hash);
+        }
+        answer
+    }
+
+    fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<KeyHash, Arc<InFlight>>> {
+        // A panic can't leave the map half-updated; it only ever loses
+        // sharing, never an answer.
+        self.inflight.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// One store lookup of `hash`, its answer cached as of `now` (unless an
     /// invalidation overlapped it), `keyward_store_up` and the error metrics kept.
-    async fn fetch(
-        &self,
-        hash: &KeyHash,
-        now: Instant,
-        metrics: &Metrics,
-    ) -> Result<Option<Arc<CachedKey>>, StoreError> {
+    async fn fetch(&self, hash: &KeyHash, now: Instant, metrics: &Metrics) -> Fetched {
         let generation = self.cache.generation();
         match self.store.get(hash).await {
             Ok(Some(record)) => {

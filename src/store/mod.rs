@@ -37,7 +37,7 @@ pub use self::redis::RedisStore;
 
 /// What can go wrong talking to a key store. `Unavailable` and `Timeout` are
 /// outages (SPEC §9: stale cache or 503); the others are answers.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Not connected, connection lost, or the server refused to serve.
     #[error("key store unreachable: {0}")]
