@@ -169,14 +169,10 @@ impl Keyring {
     /// `hash` (see `inflight`).
     async fn fetch_shared(&self, hash: &KeyHash, now: Instant, metrics: &Metrics) -> Fetched {
         let cell = self.inflight().entry(*hash).or_default().clone();
+        let shared = Shared { keyring: self, hash, cell };
         // Should the request that is asking be dropped meanwhile, one of
         // those waiting asks instead (`OnceCell` hands the init over).
-        let answer = cell.get_or_init(|| self.fetch(hash, now, metrics)).await.clone();
-        let mut inflight = self.inflight();
-        if inflight.get(hash).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            inflight.remove(hash);
-        }
-        answer
+        shared.cell.get_or_init(|| self.fetch(hash, now, metrics)).await.clone()
     }
 
     fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<KeyHash, Arc<InFlight>>> {
@@ -217,6 +213,27 @@ impl Keyring {
                 }
                 Err(e)
             }
+        }
+    }
+}
+
+/// One request's part in a shared lookup. When it ends, answered or
+/// dropped (a client that went away), the lookup leaves `inflight` if it is
+/// still the one there: answered, the cache has the answer now; dropped,
+/// its entry must not outlive every request that could finish it (random
+/// unknown keys from clients that hang up would otherwise fill the map).
+/// Requests still waiting keep their own handle and get the answer anyway.
+struct Shared<'a> {
+    keyring: &'a Keyring,
+    hash: &'a KeyHash,
+    cell: Arc<InFlight>,
+}
+
+impl Drop for Shared<'_> {
+    fn drop(&mut self) {
+        let mut inflight = self.keyring.inflight();
+        if inflight.get(self.hash).is_some_and(|c| Arc::ptr_eq(c, &self.cell)) {
+            inflight.remove(self.hash);
         }
     }
 }
