@@ -328,6 +328,16 @@ fn open_websocket(kw: &Keyward) -> (std::net::TcpStream, String) {
     (s, String::from_utf8_lossy(&head).into_owned())
 }
 
+/// Writes `msg` into an open tunnel and reads back as many bytes (the echo
+/// upstream sends them back), waiting up to 5 s.
+fn echo(s: &mut std::net::TcpStream, msg: &[u8]) -> Vec<u8> {
+    s.write_all(msg).expect("write into the tunnel");
+    let mut buf = vec![0u8; msg.len()];
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+    s.read_exact(&mut buf).expect("echo through the tunnel");
+    buf
+}
+
 #[test]
 fn websocket_upgrade_is_tunnelled_after_upstream_101() {
     let up = EchoUpstream::start();
@@ -335,11 +345,7 @@ fn websocket_upgrade_is_tunnelled_after_upstream_101() {
     let (mut s, head) = open_websocket(&kw);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
-    s.write_all(b"ping-through-the-tunnel").unwrap();
-    let mut buf = [0u8; 23];
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.read_exact(&mut buf).expect("echo through the tunnel");
-    assert_eq!(&buf, b"ping-through-the-tunnel");
+    assert_eq!(echo(&mut s, b"ping-through-the-tunnel"), b"ping-through-the-tunnel");
     let rec = up.last().expect("recorded");
     assert_eq!(rec.header("upgrade"), Some("websocket"));
 }
@@ -355,11 +361,7 @@ fn a_quiet_websocket_tunnel_outlives_the_idle_connection_bound() {
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // Over three times the bound, silent.
     std::thread::sleep(Duration::from_millis(1000));
-    s.write_all(b"still-here").unwrap();
-    let mut buf = [0u8; 10];
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.read_exact(&mut buf).expect("echo through the quiet tunnel");
-    assert_eq!(&buf, b"still-here");
+    assert_eq!(echo(&mut s, b"still-here"), b"still-here", "echo through the quiet tunnel");
 }
 
 #[test]

@@ -116,7 +116,8 @@ impl Keyring {
         self.cache.clear();
     }
 
-    /// Cache first; on a miss (or a stale entry) exactly one store lookup.
+    /// Cache first; on a miss (or a stale entry) one store lookup, shared
+    /// with concurrent misses of the same key.
     /// During an outage a stale positive entry is served (`stale_ttl`);
     /// unknown keys are never served stale (SPEC §2 failure_mode closed). A
     /// hit late in its entry's `ttl` also starts one lookup in the background
